@@ -1,0 +1,41 @@
+"""convnn_core: the backend-neutral ConvNN spec (SPEC.md) on the Array API, the config and the backend registry.
+
+Importing this package imports no framework (torch, jax, numba); backends load when asked for.
+"""
+from .attention import (
+    convnn_attention,
+    kvt_attention,
+    local_attention,
+    masked_attention,
+    multihead_attention,
+    sparse_attention,
+)
+from .candidates import draw_random, spatial_grid_2d, spatial_line
+from .config import ConvNNConfig, attention_config
+from .layers import convnn1d, convnn2d, select_neighbors
+from .registry import BackendUnavailable, available_backends, backend_status, explain, get_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvNNConfig",
+    "attention_config",
+    "convnn2d",
+    "convnn1d",
+    "convnn_attention",
+    "select_neighbors",
+    "multihead_attention",
+    "masked_attention",
+    "kvt_attention",
+    "local_attention",
+    "sparse_attention",
+    "draw_random",
+    "spatial_grid_2d",
+    "spatial_line",
+    "get_backend",
+    "available_backends",
+    "backend_status",
+    "explain",
+    "BackendUnavailable",
+    "__version__",
+]

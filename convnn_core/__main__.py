@@ -1,0 +1,6 @@
+"""`python -m convnn_core` runs the `convnn` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

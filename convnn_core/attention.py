@@ -1,0 +1,215 @@
+"""ConvNN attention (SPEC.md section 5) and the paper's baseline attentions, on [B, N, D] token arrays."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from ._xp import check_finite, check_float_inputs, check_ndim, device, namespace, shape_str, take_rows
+from .aggregate import apply_taps, check_taps
+from .candidates import RngLike, make_rng, resolve_candidates
+from .config import ConvNNConfig, attention_config
+from .selection import apply_order, neighbor_weights, select_ranked
+
+PROJECTIONS = ("wq", "wk", "wv", "wo")
+
+
+def _check_projections(xp: Any, x: Any, params: Mapping[str, Any], heads: int) -> int:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict with keys {', '.join(PROJECTIONS)}; got {type(params).__name__}")
+    missing = [k for k in PROJECTIONS if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}; attention needs {', '.join(PROJECTIONS)}")
+    check_ndim("x", x, 3, "[B, N, D]")
+    d = x.shape[-1]
+    for name in PROJECTIONS:
+        if tuple(params[name].shape) != (d, d):
+            raise ValueError(f"params[{name!r}] has shape {shape_str(params[name].shape)}; expected [{d}, {d}]")
+    check_float_inputs(xp, x=x, **{f"params[{k!r}]": params[k] for k in PROJECTIONS})
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or d % heads:
+        raise ValueError(f"heads={heads!r} must be a positive int that divides the width D={d}")
+    check_finite(xp, "x", x)
+    return d
+
+
+def _check_dropout(dropout: float, train: bool, rng: RngLike) -> bool:
+    if not (0.0 <= float(dropout) < 1.0):
+        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+    active = bool(train) and dropout > 0.0
+    if active and rng is None:
+        raise ValueError("dropout > 0 with train=True needs an rng= (int seed or numpy Generator)")
+    return active
+
+
+def _dropout(xp: Any, y: Any, p: float, gen: np.random.Generator) -> Any:
+    keep = gen.random(tuple(y.shape)) >= p
+    mask = xp.asarray(keep.astype(np.float64) / (1.0 - p), dtype=y.dtype, device=device(y))
+    return y * mask
+
+
+def _linear(xp: Any, x: Any, w: Any) -> Any:
+    return xp.matmul(x, xp.matrix_transpose(w))
+
+
+def split_heads(xp: Any, t: Any, heads: int) -> Any:
+    """[B, N, D] -> [B*h, N, D/h] (heads folded into the batch)."""
+    b, n, d = t.shape
+    t = xp.permute_dims(xp.reshape(t, (b, n, heads, d // heads)), (0, 2, 1, 3))
+    return xp.reshape(t, (b * heads, n, d // heads))
+
+
+def merge_heads(xp: Any, t: Any, heads: int) -> Any:
+    """[B*h, N, d] -> [B, N, h*d]."""
+    bh, n, dh = t.shape
+    t = xp.permute_dims(xp.reshape(t, (bh // heads, heads, n, dh)), (0, 2, 1, 3))
+    return xp.reshape(t, (bh // heads, n, heads * dh))
+
+
+def convnn_attention(
+    x: Any,
+    params: Mapping[str, Any],
+    cfg: Optional[ConvNNConfig] = None,
+    *,
+    heads: int = 1,
+    dropout: float = 0.0,
+    candidates: Any = None,
+    rng: RngLike = None,
+    train: bool = False,
+) -> Any:
+    """ConvNN attention on x [B, N, D]: per head, queries q_i select K keys k_j, rho-weighted v_j, taps, dropout, wo.
+
+    params = {wq, wk, wv, wo: [D, D], taps: [D, K] (depthwise) or [D, D, K] (full)}. With K = N,
+    self_first False and taps of ones this is exactly softmax attention.
+    """
+    if cfg is None:
+        cfg = attention_config(9)
+    if not isinstance(cfg, ConvNNConfig):
+        raise TypeError(f"cfg must be a ConvNNConfig, got {type(cfg).__name__}")
+    xp = namespace(x, *[params[k] for k in PROJECTIONS if isinstance(params, Mapping) and k in params])
+    d = _check_projections(xp, x, params, heads)
+    if "taps" not in params:
+        raise ValueError("params is missing 'taps'; give [D, K] (depthwise) or [D, D, K] (full)")
+    if cfg.select != "feature" or cfg.aggregate_coords or cfg.padding != 0 or cfg.shuffle_scale != 1:
+        raise ValueError(
+            f"convnn_attention needs select='feature', aggregate_coords=False, padding=0, shuffle_scale=1; got "
+            f"select={cfg.select!r}, aggregate_coords={cfg.aggregate_coords}, padding={cfg.padding}, "
+            f"shuffle_scale={cfg.shuffle_scale} (use convnn_core.attention_config)"
+        )
+    check_float_inputs(xp, x=x, taps=params["taps"])
+    check_taps(cfg.taps, params["taps"], None, d, cfg.k, field="params['taps']")
+    active = _check_dropout(dropout, train, rng)
+    gen = make_rng(rng) if rng is not None else None
+    b, n, _ = x.shape
+    qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
+    kh = split_heads(xp, _linear(xp, x, params["wk"]), heads)
+    vh = split_heads(xp, _linear(xp, x, params["wv"]), heads)
+    cand = resolve_candidates(xp, cfg, n, x, batch=b, candidates=candidates, rng=gen)
+    if cand is not None and cand.ndim == 2 and heads > 1:
+        cand = xp.reshape(xp.broadcast_to(cand[:, None, :], (b, heads, cand.shape[-1])), (b * heads, -1))
+    queries = xp.arange(n, dtype=xp.int64, device=device(x))
+    idx, aff = select_ranked(xp, cfg, qh, kh, queries, cand)
+    rho = neighbor_weights(xp, cfg, aff)
+    idx, rho = apply_order(xp, cfg, idx, rho)
+    gathered = aggregate_heads(xp, vh, idx, rho, heads)  # [B, N, K, D]
+    y = apply_taps(xp, cfg.taps, gathered, params["taps"], None)
+    if active:
+        y = _dropout(xp, y, float(dropout), gen)
+    return _linear(xp, y, params["wo"])
+
+
+def aggregate_heads(xp: Any, vh: Any, idx: Any, rho: Optional[Any], heads: int) -> Any:
+    """The rho-weighted gathered values of every head laid out as [B, N, K, D] (heads concatenated)."""
+    g = take_rows(xp, vh, idx)  # [B*h, N, K, dh]
+    if rho is not None:
+        g = g * rho[..., None]
+    bh, n, k, dh = g.shape
+    g = xp.reshape(g, (bh // heads, heads, n, k, dh))
+    g = xp.permute_dims(g, (0, 2, 3, 1, 4))
+    return xp.reshape(g, (bh // heads, n, k, heads * dh))
+
+
+# ----------------------------------------------------------------------------- baselines
+def masked_attention(
+    x: Any,
+    params: Mapping[str, Any],
+    mask: Any = None,
+    *,
+    heads: int = 1,
+    dropout: float = 0.0,
+    rng: RngLike = None,
+    train: bool = False,
+) -> Any:
+    """Multi-head self-attention softmax(q k^T / sqrt(d_head) [masked]) v, then wo; mask [N, N] or [B*h, N, N] bool."""
+    xp = namespace(x, *[params[k] for k in PROJECTIONS if isinstance(params, Mapping) and k in params])
+    _check_projections(xp, x, params, heads)
+    active = _check_dropout(dropout, train, rng)
+    qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
+    kh = split_heads(xp, _linear(xp, x, params["wk"]), heads)
+    vh = split_heads(xp, _linear(xp, x, params["wv"]), heads)
+    scores = xp.matmul(qh, xp.matrix_transpose(kh)) / math.sqrt(qh.shape[-1])
+    if mask is not None:
+        scores = xp.where(mask, scores, xp.asarray(-float("inf"), dtype=scores.dtype))
+    shifted = scores - xp.max(scores, axis=-1, keepdims=True)
+    e = xp.exp(shifted)
+    probs = e / xp.sum(e, axis=-1, keepdims=True)
+    if active:
+        probs = _dropout(xp, probs, float(dropout), make_rng(rng))
+    return _linear(xp, merge_heads(xp, xp.matmul(probs, vh), heads), params["wo"])
+
+
+def multihead_attention(x: Any, params: Mapping[str, Any], **kw: Any) -> Any:
+    """Dense multi-head self-attention with no-bias projections (the paper's attention baseline)."""
+    return masked_attention(x, params, None, **kw)
+
+
+def topk_mask(xp: Any, scores: Any, k: int) -> Any:
+    """Boolean mask keeping the k largest scores per row, ties to the lower key index."""
+    n = scores.shape[-1]
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of keys N={n}")
+    order = xp.argsort(-scores, axis=-1, stable=True)
+    ranks = xp.argsort(order, axis=-1, stable=True)
+    return ranks < k
+
+
+def kvt_attention(x: Any, params: Mapping[str, Any], k: int, *, heads: int = 1, **kw: Any) -> Any:
+    """KVT top-k attention: per row keep the k largest q.k scores (lower index wins ties), softmax over them."""
+    xp = namespace(x)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} must be an int >= 1")
+    _check_projections(xp, x, params, heads)
+    qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
+    kh = split_heads(xp, _linear(xp, x, params["wk"]), heads)
+    scores = xp.matmul(qh, xp.matrix_transpose(kh))
+    return masked_attention(x, params, topk_mask(xp, scores, k), heads=heads, **kw)
+
+
+def band_mask(xp: Any, n: int, like: Any, *, kind: str, width: int) -> Any:
+    """[N, N] masks over the token order: local window |i-j| <= width, sparse 'local' |i-j| <= width//2,
+    sparse 'strided' |i-j| mod width == 0."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width={width!r} must be an int >= 1")
+    i = xp.arange(n, device=device(like))
+    dist = xp.abs(i[:, None] - i[None, :])
+    if kind == "window":
+        return dist <= width
+    if kind == "local":
+        return dist <= width // 2
+    if kind == "strided":
+        return (dist % width) == 0
+    raise ValueError(f"kind={kind!r} is not allowed; choose one of window, local, strided")
+
+
+def local_attention(x: Any, params: Mapping[str, Any], window: int, **kw: Any) -> Any:
+    """Local attention: each token attends to tokens within `window` positions in the 1-D token order."""
+    xp = namespace(x)
+    return masked_attention(x, params, band_mask(xp, x.shape[1], x, kind="window", width=window), **kw)
+
+
+def sparse_attention(x: Any, params: Mapping[str, Any], mode: str, width: int, **kw: Any) -> Any:
+    """Sparse Transformer attention: mode 'local' (band |i-j| <= width/2) or 'strided' (|i-j| mod width = 0)."""
+    if mode not in ("local", "strided"):
+        raise ValueError(f"mode={mode!r} is not allowed; choose one of local, strided")
+    xp = namespace(x)
+    return masked_attention(x, params, band_mask(xp, x.shape[1], x, kind=mode, width=width), **kw)

@@ -1,0 +1,106 @@
+"""Neighbour selection (SPEC.md section 4, steps 1-4): top-K with self first, lower-index ties, weights, order."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ._xp import is_traced, take_last, take_rows
+from .affinity import affinity_matrix, paired_affinity
+from .config import ConvNNConfig
+
+
+def _broadcast_candidates(xp: Any, cand: Optional[Any], batch: int, n_tokens: int, like: Any) -> Any:
+    from ._xp import device
+
+    if cand is None:
+        cand = xp.arange(n_tokens, dtype=xp.int64, device=device(like))
+    if cand.ndim == 1:
+        cand = xp.broadcast_to(cand[None, :], (batch, cand.shape[0]))
+    return cand
+
+
+def _check_available(xp: Any, cfg: ConvNNConfig, is_self: Optional[Any], n_cand: int) -> None:
+    needed = cfg.k - 1 if cfg.self_first else cfg.k
+    available = n_cand
+    if is_self is not None and n_cand > 0:
+        if is_traced(is_self):
+            available = n_cand - 1
+        elif bool(xp.any(is_self)):
+            available = n_cand - 1
+    if available < needed:
+        what = "other candidates besides the query itself" if cfg.self_first else "candidates"
+        raise ValueError(
+            f"ConvNNConfig.k={cfg.k} needs {needed} {what}, but only {available} are available "
+            f"(candidate count {n_cand}); lower k or use more candidates"
+        )
+
+
+def select_ranked(
+    xp: Any,
+    cfg: ConvNNConfig,
+    query_feats: Any,
+    key_feats: Any,
+    queries: Optional[Any],
+    cand: Optional[Any],
+) -> tuple[Any, Any]:
+    """Indices [B, Nq, K] and affinities [B, Nq, K] in rank order (self in slot 0 when self_first).
+
+    query_feats [B, Nq, F] are the queries' selection features, key_feats [B, N, F] those of all
+    tokens; queries [Nq] are the queries' token indices (needed for self_first); cand [S] or [B, S]
+    sorted candidate token indices or None for all. Ties go to the lower token index because the
+    candidates are sorted and the sort over them is stable.
+    """
+    batch, n_tokens = key_feats.shape[0], key_feats.shape[1]
+    n_query = query_feats.shape[1]
+    cand = _broadcast_candidates(xp, cand, batch, n_tokens, key_feats)
+    n_cand = cand.shape[-1]
+    cand_feats = take_rows(xp, key_feats, cand)
+    aff = affinity_matrix(xp, cfg.metric, query_feats, cand_feats)
+    is_self = None
+    if cfg.self_first:
+        if queries is None:
+            raise ValueError("self_first=True needs the queries' token indices")
+        is_self = cand[:, None, :] == queries[None, :, None]
+    _check_available(xp, cfg, is_self, n_cand)
+    slots = cfg.k - 1 if cfg.self_first else cfg.k
+    key = -aff
+    if is_self is not None:
+        key = xp.where(is_self, xp.asarray(float("inf"), dtype=aff.dtype), key)
+    order = xp.argsort(xp.asarray(key), axis=-1, stable=True)[..., :slots]
+    top_aff = take_last(xp, aff, order)
+    cand_rows = xp.broadcast_to(cand[:, None, :], (batch, n_query, n_cand))
+    top_idx = take_last(xp, cand_rows, order)
+    if not cfg.self_first:
+        return top_idx, top_aff
+    query_rows = xp.broadcast_to(queries[None, :], (batch, n_query))
+    self_aff = paired_affinity(xp, cfg.metric, query_feats, take_rows(xp, key_feats, query_rows))
+    idx = xp.concat([query_rows[:, :, None], top_idx], axis=-1)
+    aff_all = xp.concat([self_aff[:, :, None], top_aff], axis=-1)
+    return idx, aff_all
+
+
+def neighbor_weights(xp: Any, cfg: ConvNNConfig, aff: Any) -> Optional[Any]:
+    """rho [B, Nq, K]: None for weighting='none', else softmax over the K slots (slot 0 may use self_logit)."""
+    if cfg.weighting == "none":
+        return None
+    logits = aff
+    self_logit = cfg.softmax_self_logit
+    if self_logit is not None:
+        first = xp.full(tuple(aff.shape[:-1]) + (1,), self_logit, dtype=aff.dtype, device=_dev(aff))
+        logits = xp.concat([first, aff[..., 1:]], axis=-1)
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+    e = xp.exp(shifted)
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+def _dev(x: Any) -> Any:
+    from ._xp import device
+
+    return device(x)
+
+
+def apply_order(xp: Any, cfg: ConvNNConfig, idx: Any, *aligned: Optional[Any]) -> tuple[Any, ...]:
+    """Rank order as selected, or the K slots re-sorted by token index (order='position'); aligned arrays follow."""
+    if cfg.order == "rank":
+        return (idx,) + aligned
+    perm = xp.argsort(idx, axis=-1, stable=True)
+    return (take_last(xp, idx, perm),) + tuple(None if a is None else take_last(xp, a, perm) for a in aligned)
