@@ -121,4 +121,4 @@ def as_index_array(xp: Any, values: Any, like: Any) -> Any:
 
 def shape_str(shape: Sequence[int]) -> str:
     """Format a shape for messages."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))

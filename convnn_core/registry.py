@@ -1,8 +1,10 @@
 """Backend registry: lazy loading by name, availability checks without imports, `auto` choice and `explain`."""
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -66,6 +68,9 @@ def _cuda_available() -> tuple[bool, str]:
     ok, why = backend_status("torch")
     if not ok:
         return False, why
+    if not glob.glob("/dev/nvidia[0-9]*") and not os.environ.get("CONVNN_PROBE_CUDA"):
+        # no NVIDIA device node: skip importing torch just to learn that (set CONVNN_PROBE_CUDA=1 to force)
+        return False, "installed, but this machine has no NVIDIA GPU (auto prefers torch only on a GPU)"
     import torch
 
     if torch.cuda.is_available():
