@@ -15,7 +15,8 @@ from .selection import apply_order, neighbor_weights, select_ranked
 PROJECTIONS = ("wq", "wk", "wv", "wo")
 
 
-def _check_projections(xp: Any, x: Any, params: Mapping[str, Any], heads: int) -> int:
+def check_projections(xp: Any, x: Any, params: Mapping[str, Any], heads: int) -> int:
+    """Validate x [B, N, D], the four [D, D] projections and heads; returns D."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict with keys {', '.join(PROJECTIONS)}; got {type(params).__name__}")
     missing = [k for k in PROJECTIONS if k not in params]
@@ -33,7 +34,8 @@ def _check_projections(xp: Any, x: Any, params: Mapping[str, Any], heads: int) -
     return d
 
 
-def _check_dropout(dropout: float, train: bool, rng: RngLike) -> bool:
+def check_dropout(dropout: float, train: bool, rng: Any) -> bool:
+    """Validate the dropout rate; True when dropout is active (training with p > 0, which needs an rng)."""
     if not (0.0 <= float(dropout) < 1.0):
         raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
     active = bool(train) and dropout > 0.0
@@ -50,6 +52,29 @@ def _dropout(xp: Any, y: Any, p: float, gen: np.random.Generator) -> Any:
 
 def _linear(xp: Any, x: Any, w: Any) -> Any:
     return xp.matmul(x, xp.matrix_transpose(w))
+
+
+def resolve_attention_config(cfg: Optional[ConvNNConfig]) -> ConvNNConfig:
+    """The config of a convnn_attention call: the paper's dense K=9 layer when None, else a ConvNNConfig."""
+    if cfg is None:
+        return attention_config(9)
+    if not isinstance(cfg, ConvNNConfig):
+        raise TypeError(f"cfg must be a ConvNNConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def check_attention_taps(xp: Any, x: Any, params: Mapping[str, Any], cfg: ConvNNConfig, d: int) -> None:
+    """The convnn_attention checks beyond the projections: taps present and shaped, a token-level config."""
+    if "taps" not in params:
+        raise ValueError("params is missing 'taps'; give [D, K] (depthwise) or [D, D, K] (full)")
+    if cfg.select != "feature" or cfg.aggregate_coords or cfg.padding != 0 or cfg.shuffle_scale != 1:
+        raise ValueError(
+            f"convnn_attention needs select='feature', aggregate_coords=False, padding=0, shuffle_scale=1; got "
+            f"select={cfg.select!r}, aggregate_coords={cfg.aggregate_coords}, padding={cfg.padding}, "
+            f"shuffle_scale={cfg.shuffle_scale} (use convnn_core.attention_config)"
+        )
+    check_float_inputs(xp, x=x, taps=params["taps"])
+    check_taps(cfg.taps, params["taps"], None, d, cfg.k, field="params['taps']")
 
 
 def split_heads(xp: Any, t: Any, heads: int) -> Any:
@@ -82,23 +107,11 @@ def convnn_attention(
     params = {wq, wk, wv, wo: [D, D], taps: [D, K] (depthwise) or [D, D, K] (full)}. With K = N,
     self_first False and taps of ones this is exactly softmax attention.
     """
-    if cfg is None:
-        cfg = attention_config(9)
-    if not isinstance(cfg, ConvNNConfig):
-        raise TypeError(f"cfg must be a ConvNNConfig, got {type(cfg).__name__}")
+    cfg = resolve_attention_config(cfg)
     xp = namespace(x, *[params[k] for k in PROJECTIONS if isinstance(params, Mapping) and k in params])
-    d = _check_projections(xp, x, params, heads)
-    if "taps" not in params:
-        raise ValueError("params is missing 'taps'; give [D, K] (depthwise) or [D, D, K] (full)")
-    if cfg.select != "feature" or cfg.aggregate_coords or cfg.padding != 0 or cfg.shuffle_scale != 1:
-        raise ValueError(
-            f"convnn_attention needs select='feature', aggregate_coords=False, padding=0, shuffle_scale=1; got "
-            f"select={cfg.select!r}, aggregate_coords={cfg.aggregate_coords}, padding={cfg.padding}, "
-            f"shuffle_scale={cfg.shuffle_scale} (use convnn_core.attention_config)"
-        )
-    check_float_inputs(xp, x=x, taps=params["taps"])
-    check_taps(cfg.taps, params["taps"], None, d, cfg.k, field="params['taps']")
-    active = _check_dropout(dropout, train, rng)
+    d = check_projections(xp, x, params, heads)
+    check_attention_taps(xp, x, params, cfg, d)
+    active = check_dropout(dropout, train, rng)
     gen = make_rng(rng) if rng is not None else None
     b, n, _ = x.shape
     qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
@@ -142,8 +155,8 @@ def masked_attention(
 ) -> Any:
     """Multi-head self-attention softmax(q k^T / sqrt(d_head) [masked]) v, then wo; mask [N, N] or [B*h, N, N] bool."""
     xp = namespace(x, *[params[k] for k in PROJECTIONS if isinstance(params, Mapping) and k in params])
-    _check_projections(xp, x, params, heads)
-    active = _check_dropout(dropout, train, rng)
+    check_projections(xp, x, params, heads)
+    active = check_dropout(dropout, train, rng)
     qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
     kh = split_heads(xp, _linear(xp, x, params["wk"]), heads)
     vh = split_heads(xp, _linear(xp, x, params["wv"]), heads)
@@ -178,7 +191,7 @@ def kvt_attention(x: Any, params: Mapping[str, Any], k: int, *, heads: int = 1, 
     xp = namespace(x)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} must be an int >= 1")
-    _check_projections(xp, x, params, heads)
+    check_projections(xp, x, params, heads)
     qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
     kh = split_heads(xp, _linear(xp, x, params["wk"]), heads)
     scores = xp.matmul(qh, xp.matrix_transpose(kh))

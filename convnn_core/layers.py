@@ -35,8 +35,8 @@ def pad_1d(xp: Any, x: Any, p: int) -> Any:
 
 def coords_2d(xp: Any, hp: int, wp: int, like: Any) -> Any:
     """[Hp*Wp, 2] coordinates of the padded raster: x = linspace(-1, 1, Wp)[col], then y likewise over rows."""
-    xs = xp.linspace(-1.0, 1.0, wp, dtype=like.dtype, device=device(like))
-    ys = xp.linspace(-1.0, 1.0, hp, dtype=like.dtype, device=device(like))
+    xs = _linspace(xp, wp, like)
+    ys = _linspace(xp, hp, like)
     cx = xp.reshape(xp.broadcast_to(xs[None, :], (hp, wp)), (hp * wp,))
     cy = xp.reshape(xp.broadcast_to(ys[:, None], (hp, wp)), (hp * wp,))
     return xp.stack([cx, cy], axis=-1)
@@ -44,7 +44,15 @@ def coords_2d(xp: Any, hp: int, wp: int, like: Any) -> Any:
 
 def coords_1d(xp: Any, lp: int, like: Any) -> Any:
     """[Lp, 1] coordinates of a padded sequence: linspace(-1, 1, Lp)."""
-    return xp.linspace(-1.0, 1.0, lp, dtype=like.dtype, device=device(like))[:, None]
+    return _linspace(xp, lp, like)[:, None]
+
+
+def _linspace(xp: Any, n: int, like: Any) -> Any:
+    """linspace(-1, 1, n) computed once on the host in float64, then cast: every namespace gets the same
+    bits (torch.linspace rounds differently, which would break exact coordinate ties differently)."""
+    import numpy as np
+
+    return xp.asarray(np.linspace(-1.0, 1.0, n), dtype=like.dtype, device=device(like))
 
 
 def pixel_unshuffle(xp: Any, x: Any, s: int) -> Any:

@@ -93,9 +93,6 @@ def resolve_auto() -> tuple[str, list[tuple[str, str]]]:
     raise BackendUnavailable("no backend can run: " + "; ".join(f"{n}: {w}" for n, w in passed))
 
 
-_LOADED: dict[tuple[str, tuple[tuple[str, Any], ...]], Any] = {}
-
-
 def get_backend(name: str = "auto", **options: Any) -> Any:
     """The backend object for `name` ('numpy', 'numba', 'torch', 'jax' or 'auto'), imported on first use.
 
@@ -108,11 +105,8 @@ def get_backend(name: str = "auto", **options: Any) -> Any:
     ok, why = backend_status(name)
     if not ok:
         raise BackendUnavailable(f"backend {name!r} cannot run: {why}")
-    key = (name, tuple(sorted(options.items())))
-    if key not in _LOADED:
-        module = importlib.import_module(BACKENDS[name].module)
-        _LOADED[key] = module.load(**options)
-    return _LOADED[key]
+    # load() runs on every call: it is cheap, and options with side effects (threads, x64) take effect each time
+    return importlib.import_module(BACKENDS[name].module).load(**options)
 
 
 def explain(op: str = "convnn2d", backend: str = "auto") -> str:

@@ -18,7 +18,8 @@ def _broadcast_candidates(xp: Any, cand: Optional[Any], batch: int, n_tokens: in
     return cand
 
 
-def _check_available(xp: Any, cfg: ConvNNConfig, is_self: Optional[Any], n_cand: int) -> None:
+def check_candidate_count(xp: Any, cfg: ConvNNConfig, is_self: Optional[Any], n_cand: int) -> None:
+    """Raise ValueError when fewer candidates exist than the K (or K-1 besides self) slots to fill."""
     needed = cfg.k - 1 if cfg.self_first else cfg.k
     available = n_cand
     if is_self is not None and n_cand > 0:
@@ -60,7 +61,7 @@ def select_ranked(
         if queries is None:
             raise ValueError("self_first=True needs the queries' token indices")
         is_self = cand[:, None, :] == queries[None, :, None]
-    _check_available(xp, cfg, is_self, n_cand)
+    check_candidate_count(xp, cfg, is_self, n_cand)
     slots = cfg.k - 1 if cfg.self_first else cfg.k
     key = -aff
     if is_self is not None:
