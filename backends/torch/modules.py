@@ -1,0 +1,304 @@
+"""nn.Module drop-ins: ConvNN2d, ConvNN1d, Branching2d, ConvNNAttention and the baseline attentions.
+
+Images are NCHW, token sequences [B, N, D]. Arguments are named like nn.Conv2d / nn.MultiheadAttention
+where they mean the same. Sampled layers draw their candidates per call in training; in evaluation
+they reuse one draw seeded per layer (the `sample_seed` buffer, saved in the state_dict) unless
+`resample=True`. Randomness comes from torch's global RNG, so torch.manual_seed makes runs repeatable.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from convnn_core.config import ConvNNConfig, attention_config
+
+from . import baselines, convnn
+from .convnn import RunOptions
+from .rng import TorchRngKey
+
+_CONFIG_FIELDS = ("select", "metric", "blend", "sampling", "num_samples", "self_first", "order", "aggregate_coords",
+                  "weighting", "self_logit", "taps", "shuffle_scale")
+
+
+def _fresh_seed() -> int:
+    """A seed drawn from torch's global RNG (so torch.manual_seed controls it)."""
+    return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
+
+
+class _Sampled(nn.Module):
+    """Shared by the ConvNN modules: the per-layer eval seed and the choice of candidates per call."""
+
+    def _init_sampling(self, cfg: ConvNNConfig, resample: bool, seed: Optional[int]) -> None:
+        self.resample = bool(resample)
+        self.register_buffer("sample_seed", torch.tensor(_fresh_seed() if seed is None else int(seed)),
+                             persistent=True)
+
+    def _rng(self, cfg: ConvNNConfig) -> Optional[TorchRngKey]:
+        if cfg.sampling != "random":
+            return None
+        if self.training or self.resample:
+            return TorchRngKey(_fresh_seed())
+        return TorchRngKey(int(self.sample_seed))
+
+
+def _make_config(k: int, padding: int, config: Optional[ConvNNConfig], options: dict) -> ConvNNConfig:
+    if config is not None:
+        if options:
+            raise ValueError(f"give either config= or the option arguments {sorted(options)}, not both")
+        if not isinstance(config, ConvNNConfig):
+            raise TypeError(f"config must be a ConvNNConfig, got {type(config).__name__}")
+        return config
+    unknown = sorted(set(options) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown argument(s) {unknown}; ConvNN options are {', '.join(_CONFIG_FIELDS)}")
+    return ConvNNConfig(k=k, padding=padding, **options)
+
+
+def _taps_parameters(module: nn.Module, cfg: ConvNNConfig, c_agg: int, out_channels: int, bias: bool,
+                     factory: dict) -> None:
+    """weight [O, C_agg, K] (Conv1d init) or depthwise [C_agg, K] of ones, and bias [O]."""
+    k = cfg.k
+    if cfg.taps == "full":
+        module.weight = nn.Parameter(torch.empty((out_channels, c_agg, k), **factory))
+        nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    else:
+        if out_channels != c_agg:
+            raise ValueError(
+                f"out_channels={out_channels} must equal the aggregated channels {c_agg} with taps='depthwise'"
+            )
+        module.weight = nn.Parameter(torch.ones((c_agg, k), **factory))
+    if bias:
+        bound = 1.0 / math.sqrt(c_agg * k)
+        module.bias = nn.Parameter(torch.empty((out_channels,), **factory).uniform_(-bound, bound))
+    else:
+        module.register_parameter("bias", None)
+
+
+def _cfg_repr(cfg: ConvNNConfig) -> str:
+    default = ConvNNConfig()
+    parts = [f"k={cfg.k}"]
+    for name in ("select", "metric", "sampling", "num_samples", "self_first", "order", "weighting", "self_logit",
+                 "taps", "padding", "aggregate_coords", "blend", "shuffle_scale"):
+        value = getattr(cfg, name)
+        if name in ("select", "metric", "sampling", "taps", "padding") or value != getattr(default, name):
+            parts.append(f"{name}={value!r}")
+    return ", ".join(parts)
+
+
+class ConvNN2d(_Sampled):
+    """ConvNN on NCHW maps, a drop-in for nn.Conv2d(in, out, 3, padding=1) (K=9 has the same parameter count).
+
+    Options are the ConvNNConfig fields (select, metric, sampling, num_samples, ...) or one `config=`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, k: int = 9, *, padding: int = 1, bias: bool = True,
+                 config: Optional[ConvNNConfig] = None, resample: bool = False, seed: Optional[int] = None,
+                 deterministic: bool = False, fused: bool = True, device: Any = None, dtype: Any = None,
+                 **options: Any) -> None:
+        super().__init__()
+        self.config = _make_config(k, padding, config, options)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        s = self.config.shuffle_scale
+        coords = 2 if self.config.aggregate_coords else 0
+        c_agg = self.in_channels * s * s + coords
+        self.run_options = RunOptions(deterministic=deterministic, fused=fused, check_inputs=False)
+        _taps_parameters(self, self.config, c_agg, self.out_channels * s * s, bias, {"device": device, "dtype": dtype})
+        self._init_sampling(self.config, resample, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, out_channels, H, W]."""
+        return convnn.convnn2d(x, self.weight, self.bias, self.config, rng=self._rng(self.config),
+                               options=self.run_options)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, {_cfg_repr(self.config)}, bias={self.bias is not None}"
+
+
+class ConvNN1d(_Sampled):
+    """ConvNN on [B, C, L] sequences, a drop-in for nn.Conv1d(in, out, K, padding=...)."""
+
+    def __init__(self, in_channels: int, out_channels: int, k: int = 9, *, padding: int = 1, bias: bool = True,
+                 config: Optional[ConvNNConfig] = None, resample: bool = False, seed: Optional[int] = None,
+                 deterministic: bool = False, fused: bool = True, device: Any = None, dtype: Any = None,
+                 **options: Any) -> None:
+        super().__init__()
+        self.config = _make_config(k, padding, config, options)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        s = self.config.shuffle_scale
+        c_agg = self.in_channels * s + (1 if self.config.aggregate_coords else 0)
+        self.run_options = RunOptions(deterministic=deterministic, fused=fused, check_inputs=False)
+        _taps_parameters(self, self.config, c_agg, self.out_channels * s, bias, {"device": device, "dtype": dtype})
+        self._init_sampling(self.config, resample, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, out_channels, L]."""
+        return convnn.convnn1d(x, self.weight, self.bias, self.config, rng=self._rng(self.config),
+                               options=self.run_options)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, {_cfg_repr(self.config)}, bias={self.bias is not None}"
+
+
+class Branching2d(nn.Module):
+    """The paper's hybrid: ConvNN2d(in -> floor(ratio*out)) beside Conv2d(in -> rest, kernel_size, same padding),
+    concatenated (ConvNN first) and mixed by a 1x1 Conv2d(out -> out) that is always present."""
+
+    def __init__(self, in_channels: int, out_channels: int, ratio: float = 0.5, k: int = 9, *, kernel_size: int = 3,
+                 padding: int = 1, bias: bool = True, device: Any = None, dtype: Any = None, **convnn_options: Any):
+        super().__init__()
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio={ratio!r} must be a float in [0, 1]")
+        self.ratio = float(ratio)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        c_nn = int(math.floor(self.ratio * self.out_channels))
+        c_conv = self.out_channels - c_nn
+        factory = {"device": device, "dtype": dtype}
+        self.convnn = (ConvNN2d(in_channels, c_nn, k, padding=padding, bias=bias, **factory, **convnn_options)
+                       if c_nn > 0 else None)
+        self.conv = (nn.Conv2d(in_channels, c_conv, kernel_size, padding="same", bias=bias, **factory)
+                     if c_conv > 0 else None)
+        self.pointwise = nn.Conv2d(self.out_channels, self.out_channels, 1, bias=bias, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, out_channels, H, W]."""
+        parts = [m(x) for m in (self.convnn, self.conv) if m is not None]
+        return self.pointwise(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, ratio={self.ratio}"
+
+
+class _AttentionBase(nn.Module):
+    """Four no-bias projections q/k/v/out over the embedding width (torch Linear layout)."""
+
+    def _init_projections(self, embed_dim: int, num_heads: int, dropout: float, factory: dict) -> None:
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or embed_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads!r} must be a positive int that divides embed_dim={embed_dim}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+        self.embed_dim, self.num_heads, self.dropout = int(embed_dim), int(num_heads), float(dropout)
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(self, name, nn.Linear(embed_dim, embed_dim, bias=False, **factory))
+
+    def _params(self) -> dict:
+        return {"wq": self.q_proj.weight, "wk": self.k_proj.weight, "wv": self.v_proj.weight,
+                "wo": self.out_proj.weight}
+
+    def _dropout_kw(self) -> dict:
+        active = self.training and self.dropout > 0.0
+        return {"dropout": self.dropout, "train": active, "rng": TorchRngKey(_fresh_seed()) if active else None}
+
+
+class ConvNNAttention(_AttentionBase, _Sampled):
+    """ConvNN attention on [B, N, D] (any N, any head count): per head q_i picks K keys, softmax-weighted values,
+    depthwise taps (ones at init) over the full width, dropout, out projection."""
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, k: int = 9, *, sampling: str = "all",
+                 num_samples: Optional[int] = None, metric: str = "dot", taps: str = "depthwise",
+                 dropout: float = 0.0, config: Optional[ConvNNConfig] = None, resample: bool = False,
+                 seed: Optional[int] = None, deterministic: bool = False, device: Any = None, dtype: Any = None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self._init_projections(embed_dim, num_heads, dropout, factory)
+        self.config = config if config is not None else attention_config(k, sampling=sampling,
+                                                                        num_samples=num_samples, metric=metric,
+                                                                        taps=taps)
+        d, kk = self.embed_dim, self.config.k
+        if self.config.taps == "depthwise":
+            self.taps = nn.Parameter(torch.ones((d, kk), **factory))
+        else:
+            self.taps = nn.Parameter(torch.empty((d, d, kk), **factory))
+            nn.init.kaiming_uniform_(self.taps, a=math.sqrt(5))
+        self.run_options = RunOptions(deterministic=deterministic, fused=True, check_inputs=False)
+        self._init_sampling(self.config, resample, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, N, D]."""
+        params = dict(self._params(), taps=self.taps)
+        kw = self._dropout_kw()
+        rng = self._rng(self.config)
+        if kw["rng"] is None:
+            kw["rng"] = rng
+        return convnn.convnn_attention(x, params, self.config, heads=self.num_heads, options=self.run_options,
+                                       **kw)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, {_cfg_repr(self.config)}, dropout={self.dropout}"
+
+
+class MultiHeadSelfAttention(_AttentionBase):
+    """Dense multi-head self-attention with no-bias projections (the paper's baseline) on [B, N, D]."""
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, *, dropout: float = 0.0, device: Any = None,
+                 dtype: Any = None):
+        super().__init__()
+        self._init_projections(embed_dim, num_heads, dropout, {"device": device, "dtype": dtype})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, N, D]."""
+        return baselines.multihead_attention(x, self._params(), heads=self.num_heads, **self._dropout_kw())
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+class KVTAttention(_AttentionBase):
+    """KVT top-k attention: each query keeps its k largest scores (ties to the lower key index)."""
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, k: int = 9, *, dropout: float = 0.0, device: Any = None,
+                 dtype: Any = None):
+        super().__init__()
+        self._init_projections(embed_dim, num_heads, dropout, {"device": device, "dtype": dtype})
+        self.k = int(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, N, D]."""
+        return baselines.kvt_attention(x, self._params(), self.k, heads=self.num_heads, **self._dropout_kw())
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, k={self.k}, dropout={self.dropout}"
+
+
+class LocalAttention(_AttentionBase):
+    """Local attention: each token attends to the tokens within `window` positions of the 1-D order."""
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, window: int = 64, *, dropout: float = 0.0,
+                 device: Any = None, dtype: Any = None):
+        super().__init__()
+        self._init_projections(embed_dim, num_heads, dropout, {"device": device, "dtype": dtype})
+        self.window = int(window)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, N, D]."""
+        return baselines.local_attention(x, self._params(), self.window, heads=self.num_heads, **self._dropout_kw())
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, window={self.window}, dropout={self.dropout}"
+
+
+class SparseAttention(_AttentionBase):
+    """Sparse attention over the token order: mode 'local' (|i-j| <= width/2) or 'strided' (|i-j| mod width = 0)."""
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, mode: str = "local", width: int = 49, *,
+                 dropout: float = 0.0, device: Any = None, dtype: Any = None):
+        super().__init__()
+        if mode not in ("local", "strided"):
+            raise ValueError(f"mode={mode!r} is not allowed; choose one of local, strided")
+        self._init_projections(embed_dim, num_heads, dropout, {"device": device, "dtype": dtype})
+        self.mode, self.width = mode, int(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y [B, N, D]."""
+        return baselines.sparse_attention(x, self._params(), self.mode, self.width, heads=self.num_heads,
+                                          **self._dropout_kw())
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, mode={self.mode!r}, width={self.width}, "
+                f"dropout={self.dropout}")
+
+
+__all__ = ["ConvNN2d", "ConvNN1d", "Branching2d", "ConvNNAttention", "MultiHeadSelfAttention", "KVTAttention",
+           "LocalAttention", "SparseAttention"]

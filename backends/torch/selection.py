@@ -1,0 +1,226 @@
+"""Exact top-K neighbour selection on torch tensors (SPEC.md section 4, steps 1-2), in blocks of images and query rows.
+
+Ties go to the lower token index: torch.topk does not promise that, so rows whose K-th and (K+1)-th
+values are equal are re-selected with a stable sort. Candidates are sorted ascending, so a lower candidate
+position is a lower token index.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+EPS_NORM = 1e-12
+# elements of one affinity block: 1 MiB of float32 stays in L2 between the GEMM and the top-K on one
+# thread; with several threads each op needs more work per parallel region (small blocks were 3-4x
+# slower on a busy 2-core machine, where every region waits at its barrier for a descheduled thread)
+BLOCK_ELEMENTS = 1 << 18
+BLOCK_ELEMENTS_THREADED = 1 << 22
+
+
+def block_elements() -> int:
+    """The affinity block budget for the current torch thread count."""
+    return BLOCK_ELEMENTS if torch.get_num_threads() <= 1 else max(BLOCK_ELEMENTS, BLOCK_ELEMENTS_THREADED)
+
+
+def norms(f: torch.Tensor) -> torch.Tensor:
+    """max(||f||, 1e-12) over the last axis, the cosine denominator of SPEC.md."""
+    return torch.clamp(torch.sqrt(torch.sum(f * f, dim=-1)), min=EPS_NORM)
+
+
+def affinity_block(metric: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """a[b, i, j] for queries q [B, m, F] against candidates k [B, S, F]; larger is closer."""
+    return finish_affinity(metric, *prepare_operands(metric, q, k))
+
+
+def prepare_operands(metric: str, q: torch.Tensor, k: torch.Tensor) -> tuple:
+    """GEMM operands computed once per call: norms and scales folded in (float64 keeps the spec's formula,
+    so even rounding-level ties break as in the oracle)."""
+    if q.dtype == torch.float64:
+        return ("literal", q, k)
+    if metric == "cosine":
+        return ("cosine", q / norms(q)[..., None], (k / norms(k)[..., None]).transpose(-1, -2))
+    if metric == "euclidean":
+        return ("euclidean", q, k.transpose(-1, -2), torch.sum(q * q, dim=-1), torch.sum(k * k, dim=-1))
+    if metric == "dot":
+        return ("dot", q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-1, -2))
+    raise ValueError(f"metric={metric!r} is not allowed; choose one of cosine, euclidean, dot")
+
+
+def finish_affinity(metric: str, kind: str, q: torch.Tensor, k: torch.Tensor, *extra: torch.Tensor,
+                    rows: slice = slice(None), batch: slice = slice(None)) -> torch.Tensor:
+    """The affinity block of query rows `rows` and images `batch` from prepared operands."""
+    qb = q[batch, rows]
+    kb = k[batch] if k.shape[0] > 1 else k
+    if kind == "literal":
+        return _affinity_literal(metric, qb, kb)
+    if kind == "cosine":
+        return torch.matmul(qb, kb).clamp_(-1.0, 1.0)
+    if kind == "euclidean":
+        qq, kk = extra
+        sq_sum = qq[batch, rows][:, :, None] + (kk[batch] if kk.shape[0] > 1 else kk)[:, None, :]
+        return torch.baddbmm(sq_sum.neg_(), qb, kb.expand(qb.shape[0], -1, -1), alpha=2.0).clamp_(max=0.0)
+    return torch.matmul(qb, kb)
+
+
+def _affinity_literal(metric: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    dots = torch.matmul(q, k.transpose(-1, -2))
+    if metric == "cosine":
+        return torch.clamp(dots / (norms(q)[:, :, None] * norms(k)[:, None, :]), -1.0, 1.0)
+    if metric == "euclidean":
+        sq = torch.sum(q * q, dim=-1)[:, :, None] + torch.sum(k * k, dim=-1)[:, None, :] - 2.0 * dots
+        return -torch.clamp(sq, min=0.0)
+    if metric == "dot":
+        return dots / math.sqrt(q.shape[-1])
+    raise ValueError(f"metric={metric!r} is not allowed; choose one of cosine, euclidean, dot")
+
+
+def paired_affinity(metric: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """a[..., j] between q [..., F] (broadcast) and gathered rows k [..., K, F]; differentiable."""
+    qb = q.unsqueeze(-2)
+    dots = torch.sum(qb * k, dim=-1)
+    if metric == "cosine":
+        return torch.clamp(dots / (norms(qb) * norms(k)), -1.0, 1.0)
+    if metric == "euclidean":
+        sq = torch.sum(qb * qb, dim=-1) + torch.sum(k * k, dim=-1) - 2.0 * dots
+        return -torch.clamp(sq, min=0.0)
+    if metric == "dot":
+        return dots / math.sqrt(q.shape[-1])
+    raise ValueError(f"metric={metric!r} is not allowed; choose one of cosine, euclidean, dot")
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """out[b, ...] = table[b, index[b, ...]] for table [B, N, *rest] and index [B, *idx] (one flat gather)."""
+    b, n = table.shape[0], table.shape[1]
+    rest = tuple(table.shape[2:])
+    offsets = (torch.arange(b, device=index.device, dtype=index.dtype) * n).view((b,) + (1,) * (index.ndim - 1))
+    flat = table.reshape((b * n,) + rest).index_select(0, (index + offsets).reshape(-1))
+    return flat.reshape(tuple(index.shape) + rest)
+
+
+def _stable_topk(key: torch.Tensor, slots: int) -> torch.Tensor:
+    """Positions of the `slots` largest keys per row, ties to the lower position (a stable sort)."""
+    return torch.sort(key, dim=-1, descending=True, stable=True).indices[..., :slots]
+
+
+def exact_topk(key: torch.Tensor, slots: int) -> torch.Tensor:
+    """Positions [.., slots] of the largest keys per row in rank order, ties to the lower position, exactly.
+
+    torch.topk takes slots + 1 values: a row whose last two are equal has a tied boundary and is redone
+    with a stable sort; inside the chosen set equal values are put in position order.
+    """
+    n = key.shape[-1]
+    if torch.compiler.is_compiling() or n <= 2 * slots + 1:
+        return _stable_topk(key, slots)
+    vals, pos = torch.topk(key, slots + 1, dim=-1, largest=True, sorted=True)
+    redo = vals[..., slots - 1] == vals[..., slots]
+    vals, pos = vals[..., :slots], pos[..., :slots]
+    if bool(redo.any()):
+        rows = redo.nonzero(as_tuple=True)
+        pos = pos.clone()
+        pos[rows] = _stable_topk(key[rows], slots)
+        vals = torch.gather(key, -1, pos)
+    # equal values inside the chosen set: lower position first (sort by position, then stably by value)
+    pos, perm = torch.sort(pos, dim=-1)
+    vals = torch.gather(vals, -1, perm)
+    order = torch.sort(vals, dim=-1, descending=True, stable=True).indices
+    return torch.gather(pos, -1, order)
+
+
+def blocks(batch: int, n_query: int, n_cand: int) -> list[tuple[int, int, int, int]]:
+    """(b0, b1, r0, r1) blocks of images and query rows whose affinity block stays near block_elements()."""
+    budget = block_elements()
+    rows = max(1, budget // max(1, n_cand))
+    if rows >= n_query:
+        per = max(1, budget // max(1, n_query * n_cand))
+        return [(b0, min(batch, b0 + per), 0, n_query) for b0 in range(0, batch, per)]
+    return [(b0, b0 + 1, r0, min(n_query, r0 + rows)) for b0 in range(batch) for r0 in range(0, n_query, rows)]
+
+
+def _mask_self(block: torch.Tensor, qids: torch.Tensor, cand_ids: Optional[torch.Tensor]) -> None:
+    """Set the affinity of each query to itself to -inf in place (where the query is a candidate)."""
+    nb, m, n_cand = block.shape
+    if cand_ids is None:
+        block[:, torch.arange(m, device=block.device), qids] = -math.inf
+        return
+    ids = (cand_ids if cand_ids.ndim == 2 else cand_ids[None].expand(nb, n_cand)).contiguous()
+    pos = torch.searchsorted(ids, qids[None].expand(nb, m).contiguous()).clamp_(max=n_cand - 1)
+    present = torch.gather(ids, 1, pos) == qids[None]
+    current = torch.gather(block, 2, pos[..., None])
+    masked = torch.where(present[..., None], torch.full_like(current, -math.inf), current)
+    block.scatter_(2, pos[..., None], masked)
+
+
+def select_topk(
+    query_feats: torch.Tensor,
+    key_feats: torch.Tensor,
+    queries: Optional[torch.Tensor],
+    cand: Optional[torch.Tensor],
+    k: int,
+    metric: str,
+    self_first: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices [B, Nq, K] (int64 token ids) and affinities [B, Nq, K] in rank order, without autograd.
+
+    query_feats [B, Nq, F]; key_feats [B, N, F]; queries [Nq] token ids of the queries (self_first);
+    cand None (all tokens) or sorted token ids [S] / [B, S]. With self_first slot 0 is the query.
+    """
+    with torch.no_grad():
+        b, nq = query_feats.shape[0], query_feats.shape[1]
+        work = torch.float32 if query_feats.dtype in (torch.float16, torch.bfloat16) else query_feats.dtype
+        qf, kf = query_feats.to(work), key_feats.to(work)
+        if cand is None:
+            cand_feats = kf
+        elif cand.ndim == 1:
+            cand_feats = kf.index_select(1, cand)
+        else:
+            cand_feats = gather_rows(kf, cand)
+        n_cand = cand_feats.shape[1]
+        slots = k - 1 if self_first else k
+        first = 1 if self_first else 0
+        idx = torch.empty((b, nq, k), dtype=torch.int64, device=query_feats.device)
+        aff = torch.empty((b, nq, k), dtype=work, device=query_feats.device)
+        operands = prepare_operands(metric, qf, cand_feats)
+        for b0, b1, r0, r1 in blocks(b, nq, n_cand):
+            block = finish_affinity(metric, *operands, rows=slice(r0, r1), batch=slice(b0, b1))
+            cids = None if cand is None else (cand if cand.ndim == 1 else cand[b0:b1])
+            if self_first:
+                _mask_self(block, queries[r0:r1], cids)
+            if slots == 0:
+                continue
+            pos = exact_topk(block, slots)
+            aff[b0:b1, r0:r1, first:] = torch.gather(block, -1, pos)
+            if cids is None:
+                idx[b0:b1, r0:r1, first:] = pos
+            elif cids.ndim == 1:
+                idx[b0:b1, r0:r1, first:] = cids[pos]
+            else:
+                idx[b0:b1, r0:r1, first:] = torch.gather(cids[:, None, :].expand(b1 - b0, r1 - r0, n_cand), -1, pos)
+        if self_first:
+            idx[:, :, 0] = queries[None, :]
+            aff[:, :, 0] = paired_affinity(metric, qf, kf.index_select(1, queries).unsqueeze(-2))[..., 0]
+        return idx, aff
+
+
+def check_available(k: int, self_first: bool, queries: Optional[torch.Tensor], cand: Optional[torch.Tensor],
+                    n_tokens: int) -> None:
+    """The spec's error when fewer candidates exist than slots (message as in convnn_core.selection)."""
+    needed = k - 1 if self_first else k
+    n_cand = n_tokens if cand is None else int(cand.shape[-1])
+    available = n_cand
+    if self_first and n_cand > 0:
+        if cand is None:
+            has_self = queries is not None and queries.numel() > 0
+        elif torch.compiler.is_compiling():
+            has_self = True
+        else:
+            has_self = bool(torch.isin(cand, queries).any())
+        if has_self:
+            available = n_cand - 1
+    if available < needed:
+        what = "other candidates besides the query itself" if self_first else "candidates"
+        raise ValueError(
+            f"ConvNNConfig.k={k} needs {needed} {what}, but only {available} are available "
+            f"(candidate count {n_cand}); lower k or use more candidates"
+        )
