@@ -1,0 +1,228 @@
+"""Run the suite: load the requested backends, plan the cases per level and dtype, collect one result per cell."""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from convnn_core.registry import BACKENDS, BackendUnavailable, backend_status, get_backend
+from convnn_core.vocabulary import missing_ops
+
+from . import cases as case_mod
+from .dtypes import ALL_DTYPES, DEFAULT_DTYPES, backend_dtypes
+from .levels import OracleCache, check_forward, check_gradients, check_identity
+from .results import NOT_AVAILABLE, CheckResult
+from .tolerances import table_rows
+
+SHORT: dict[int, str] = {1: "op forward", 2: "op gradients", 3: "identities", 4: "model forward",
+                         5: "training step", 6: "training curve"}
+LEVELS: dict[int, str] = {
+    1: "op forward (convnn2d, convnn1d, convnn_attention, select_neighbors; indices exact; tie rule)",
+    2: "op gradients (x, weight, bias, attention projections and taps) vs torch autograd of the spec",
+    3: "identities of SPEC.md section 6 vs a direct reference and the backend's own conv2d / attention",
+    4: "model forward with shared parameters (VGG, ViT from the zoo)",
+    5: "one training step (loss, gradient, clipping, AdamW)",
+    6: "short training curve on the embedded CIFAR-10 sample",
+}
+ALL_LEVELS = tuple(LEVELS)
+
+
+@dataclass
+class BackendEntry:
+    """A backend as the suite sees it: loaded object or the reason it cannot run, and the dtypes it is checked in."""
+
+    name: str
+    backend: Any = None
+    reason: str = "available"
+    dtypes: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> bool:
+        return self.backend is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "available": self.available, "reason": self.reason, "dtypes": list(self.dtypes),
+                "options": {k: str(v) for k, v in self.options.items()}, "missing_vocabulary": self.missing}
+
+
+def parse_names(text: Optional[str]) -> list[str]:
+    """'numpy,torch' -> ['numpy', 'torch']; None or 'all' -> every registered backend."""
+    if text is None or text.strip() in ("", "all"):
+        return list(BACKENDS)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"--backends={text!r} is not allowed: {', '.join(unknown)} unknown; choose from "
+                         f"{', '.join(BACKENDS)} (comma separated) or 'all'")
+    return names
+
+
+def _load_options(name: str, dtypes: Sequence[str], device: Optional[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if device:
+        options["device"] = device
+    if name == "jax" and "float64" in dtypes:
+        options["x64"] = True  # the oracle compares float64 too; jax keeps float64 only with x64 on
+    return options
+
+
+def load_entry(name: str, dtypes: Sequence[str], device: Optional[str] = None) -> BackendEntry:
+    """Load one backend for the suite; never raises for a backend that cannot run (the entry says why)."""
+    ok, why = backend_status(name)
+    if not ok:
+        return BackendEntry(name, reason=why)
+    options = _load_options(name, dtypes, device)
+    note = ""
+    try:
+        try:
+            backend = get_backend(name, **options)
+        except (TypeError, ValueError) as err:
+            if "device" not in options:
+                raise
+            options.pop("device")
+            note = f" (takes no device option: {err}; default device used)"
+            backend = get_backend(name, **options)
+    except (BackendUnavailable, ImportError) as err:
+        return BackendEntry(name, reason=f"cannot load: {err}", options=options)
+    except Exception as err:  # a backend that fails to load is reported, not fatal for the others
+        return BackendEntry(name, reason=f"failed to load: {type(err).__name__}: {err}", options=options)
+    declared = backend_dtypes(backend)
+    picked = tuple(d for d in dtypes if d in declared)
+    return BackendEntry(name, backend, "available" + note, picked, options, missing_ops(backend))
+
+
+def plan_cases(level: int, dtype: str, full: bool) -> list[Any]:
+    """The cases of one level and dtype (levels 1-3 here; 4-6 in model_levels)."""
+    if level == 1:
+        return case_mod.level1_cases((dtype,), full)
+    if level == 2:
+        return case_mod.level2_cases((dtype,), full)
+    if level == 3:
+        return case_mod.level3_cases((dtype,))
+    from .model_levels import model_cases
+
+    return model_cases(level, dtype, full)
+
+
+def checker(level: int) -> Callable[..., list[CheckResult]]:
+    """The check function of a level: (backend, name, case, cache) -> results."""
+    if level == 1:
+        return check_forward
+    if level == 2:
+        return check_gradients
+    if level == 3:
+        return check_identity
+    from .model_levels import check_model
+
+    return check_model
+
+
+@dataclass
+class SuiteReport:
+    """Everything a run produced: the cells, the backends, the plan, the tolerances and the machine."""
+
+    results: list[CheckResult]
+    backends: list[BackendEntry]
+    levels: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    full: bool
+    cases: dict[str, str]
+    seconds: float
+    machine: dict[str, str]
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [r for r in self.results if r.failed]
+
+    def exit_code(self) -> int:
+        """0 when nothing failed (n/a is not a failure), 1 otherwise."""
+        return 1 if self.failures else 0
+
+    def summary(self) -> dict[str, dict[int, dict[str, int]]]:
+        """backend -> level -> status -> count."""
+        out: dict[str, dict[int, dict[str, int]]] = {}
+        for r in self.results:
+            cell = out.setdefault(r.backend, {}).setdefault(r.level, {})
+            cell[r.status] = cell.get(r.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "levels": {str(k): LEVELS[k] for k in self.levels},
+            "dtypes": list(self.dtypes),
+            "full": self.full,
+            "seconds": round(self.seconds, 2),
+            "machine": self.machine,
+            "tolerances": [t.to_dict() for t in table_rows()],
+            "backends": [b.to_dict() for b in self.backends],
+            "summary": {b: {str(lv): c for lv, c in d.items()} for b, d in self.summary().items()},
+            "cases": self.cases,
+            "results": [r.to_dict() for r in self.results],
+            "passed": not self.failures,
+        }
+
+
+def machine_info() -> dict[str, str]:
+    """Platform facts for the report header."""
+    import os
+
+    return {"python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
+            "cpus": str(os.cpu_count())}
+
+
+def run_suite(entries: Sequence[BackendEntry], levels: Iterable[int] = ALL_LEVELS,
+              dtypes: Sequence[str] = DEFAULT_DTYPES, *, full: bool = True, progress: bool = False,
+              case_filter: Optional[Callable[[Any], bool]] = None) -> SuiteReport:
+    """Every check of the chosen levels for every entry; unavailable backends and dtypes give n/a cells."""
+    start = time.perf_counter()
+    levels = tuple(sorted(set(levels)))
+    for lv in levels:
+        if lv not in LEVELS:
+            raise ValueError(f"level={lv!r} is not allowed; choose from {', '.join(map(str, LEVELS))}")
+    for d in dtypes:
+        if d not in ALL_DTYPES:
+            raise ValueError(f"dtype={d!r} is not allowed; choose from {', '.join(ALL_DTYPES)}")
+    cache = OracleCache()
+    planned: dict[tuple[int, str], list[Any]] = {}
+    for lv in levels:
+        for d in dtypes:
+            found = plan_cases(lv, d, full)
+            planned[(lv, d)] = [c for c in found if case_filter is None or case_filter(c)]
+    work: list[tuple[BackendEntry, int, Any]] = []
+    results: list[CheckResult] = []
+    for entry in entries:
+        for lv in levels:
+            if not entry.available:
+                results.append(CheckResult(entry.name, lv, "*", NOT_AVAILABLE, detail=entry.reason))
+                continue
+            for d in dtypes:
+                if d not in entry.dtypes:
+                    results.append(CheckResult(entry.name, lv, f"*-{d}", NOT_AVAILABLE, d,
+                                               detail=f"backend does not declare {d} (supported_dtypes)"))
+                    continue
+                work.extend((entry, lv, c) for c in planned[(lv, d)])
+    bar = _progress(len(work)) if progress else None
+    for entry, lv, case in work:
+        if bar is not None:
+            bar.set_description(f"{entry.name} L{lv} {case.id}"[:48])
+        results.extend(checker(lv)(entry.backend, entry.name, case, cache))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    descriptions = {c.id: c.describe() + (f" [{c.note}]" if c.note else "")
+                    for cs in planned.values() for c in cs}
+    return SuiteReport(results, list(entries), levels, tuple(dtypes), full, descriptions,
+                       time.perf_counter() - start, machine_info())
+
+
+def _progress(total: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is optional
+        return None
+    return tqdm(total=total, unit="check", file=sys.stderr, leave=False)

@@ -1,0 +1,55 @@
+"""`convnn conformance`: arguments, the printed matrix, JSON and Markdown files, exit codes, n/a backends."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from convnn_core.cli import main
+from conformance import runner
+from conformance.cli import parse_dtypes, parse_levels
+from conformance.report import format_console, format_markdown
+
+
+def test_cli_runs_writes_reports_and_exits_zero(tmp_path, capsys):
+    out_json, out_md = tmp_path / "c.json", tmp_path / "c.md"
+    code = main(["conformance", "--backends", "numpy", "--level", "1,3", "--quick", "--case", "tie-",
+                 "--json", str(out_json), "--report", str(out_md), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "Level 1" in text and "tie-dot-rank-float64" in text and "PASSED" in text
+    assert "rtol 1e-09" in text  # the tolerance table is printed
+    data = json.loads(out_json.read_text())
+    assert data["passed"] is True and data["results"]
+    assert {r["status"] for r in data["results"]} == {"pass"}
+    md = out_md.read_text()
+    assert "| dtype | rtol | atol | source |" in md and "`tie-dot-rank-float64`" in md
+
+
+@pytest.mark.parametrize("argv", [["--level", "9"], ["--dtype", "int8"], ["--backends", "cuda"]])
+def test_cli_refuses_bad_arguments(argv, capsys):
+    assert main(["conformance", "--no-progress", *argv]) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+
+def test_unavailable_backend_shows_not_available_never_passed(monkeypatch):
+    monkeypatch.setattr(runner, "backend_status", lambda name: (False, "missing fakepkg; install it"))
+    entry = runner.load_entry("torch", ("float64",))
+    assert not entry.available
+    report = runner.run_suite([entry], levels=(1, 3), dtypes=("float64",), full=False)
+    assert {r.status for r in report.results} == {"n/a"}
+    assert report.exit_code() == 0  # not a failure ...
+    text = format_console(report)
+    assert "NOT AVAILABLE: missing fakepkg" in text
+    rows = [line for line in text.splitlines() if line.startswith(("  1 op forward", "  3 identities"))]
+    assert len(rows) == 2 and all(line.split()[-1] == "n/a" for line in rows)
+    assert "n/a" in format_markdown(report)
+
+
+def test_level_and_dtype_parsing():
+    assert parse_levels("1-3") == (1, 2, 3)
+    assert parse_levels("3,1") == (1, 3)
+    assert parse_levels("all") == (1, 2, 3, 4, 5, 6)
+    assert parse_dtypes("all") == ("float64", "float32", "bfloat16", "float16")
+    with pytest.raises(ValueError, match="--level"):
+        parse_levels("x")
