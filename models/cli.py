@@ -1,0 +1,264 @@
+"""`convnn train` and `convnn eval`: the zoo's command line (registered into convnn_core.cli)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+TRAIN_DESCRIPTION = """\
+Train a zoo model. With no arguments: the 'demo' preset, a small branching VGG-11 (ConvNN beside
+Conv2d, ratio 0.5, channels 8..64, light head) for 4 epochs on the embedded 3,000-image CIFAR-10
+sample (2,700 train / 300 validation), a few minutes on a 2-core CPU. It prints a per-epoch table
+and where the curves (PNG), metrics (CSV per epoch, JSONL per step), config and checkpoints are.
+
+Settings resolve in this order (later wins): the preset, --config FILE.json, the named options
+below, then --set KEY=VALUE. Model options go in model_options (--option KEY=VALUE, or --set
+model_options.KEY=VALUE); `convnn train --list-models` shows every model and its options.
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  convnn train                                            # the demo: minutes on a CPU
+  convnn train --preset paper --model vgg11 --option layer=branching --option ratio=0.5 \\
+      --dataset cifar10 --data-dir DIR --test              # the paper's VGG protocol (150 epochs)
+  convnn train --model vit_tiny_cifar --option attention=convnn --option sampling=random \\
+      --dataset cifar10 --data-dir DIR --subset 5000 --epochs 5 --lr 5e-4
+  convnn train --resume runs/RUN                           # continue a run after a crash
+backend 'auto' (training): torch on a CUDA GPU, else numba, else torch on the CPU, else jax,
+else numpy (models without ConvNN layers only; the numpy ConvNN ops are forward only).
+"""
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    from .train.config import parse_value
+
+    return key.strip(), parse_value(value)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a zoo model (no arguments: a small demo on the embedded CIFAR-10 sample)",
+                       description=TRAIN_DESCRIPTION, epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=("demo", "paper"), default="demo",
+                   help="starting settings: 'demo' (default; small model, embedded sample, 4 epochs) or 'paper' "
+                        "(SPEC.md section 7: AdamW lr 1e-4, weight decay 0.01, constant LR, clip 1.0, batch 256, "
+                        "150 epochs, no augmentation, seed 42)")
+    p.add_argument("--config", metavar="FILE.json", help="JSON object of training options (any field of --set)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", type=_key_value, default=[],
+                   help="override one training option; VALUE is JSON when it parses (1e-3, true, null, [..]) else a "
+                        "string; model options as model_options.KEY=VALUE; repeatable")
+    p.add_argument("--option", "-o", dest="model_opts", metavar="KEY=VALUE", action="append", type=_key_value,
+                   default=[], help="one model option, e.g. layer=branching, ratio=0.5, k=9, sampling=random, "
+                                    "num_samples=64, attention=convnn, width=0.25, head=light; repeatable")
+    p.add_argument("--model", help="zoo model: vgg11, vgg13, vgg16, vgg19, vit_tiny (224 px, patch 16), "
+                                   "vit_tiny_cifar (32 px, patch 4)")
+    p.add_argument("--backend", help="numba, torch, jax, numpy or auto (default auto, see below)")
+    p.add_argument("--dataset", help="sample (the embedded 3,000 CIFAR-10 images), cifar10, cifar100, fashion_mnist")
+    p.add_argument("--data-dir", help="folder holding the dataset (e.g. cifar-10-batches-py/ or the .tar.gz); "
+                                      "default $CONVNN_DATA, then ~/.cache/convnn/data")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="download the official archive (MD5-checked) when it is not found locally")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--eval-batch-size", type=int, help="batch size for validation and test (default: batch size)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (applied to every parameter)")
+    p.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
+    p.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule (per step)")
+    p.add_argument("--warmup-epochs", type=float, help="linear warmup length in epochs (0: none)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (padding 4) and horizontal flip on the training images")
+    p.add_argument("--resize", type=int, help="resize images to this size (default: the model's image size, e.g. "
+                                              "224 for vit_tiny)")
+    p.add_argument("--subset", type=int, help="train on the first N images of the training split only")
+    p.add_argument("--val-size", type=int, help="validation split = the last N training images (default 10%%)")
+    p.add_argument("--val-subset", type=int, help="evaluate on the first N validation images only")
+    p.add_argument("--test", action="store_true", default=None,
+                   help="at the end, evaluate the best checkpoint on the official test split (reported separately; "
+                        "an error if the test file is missing)")
+    p.add_argument("--seed", type=int, help="run seed: set before the model is built; also drives data order, "
+                                            "dropout and sampling")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="parameter and activation dtype")
+    p.add_argument("--compile", choices=("auto", "on", "off"),
+                   help="compile the step with backend.compile (auto: only on jax)")
+    p.add_argument("--out-dir", help="parent folder of runs (default runs/)")
+    p.add_argument("--run-name", help="run folder name (default MODEL-DATASET-TIMESTAMP)")
+    p.add_argument("--checkpoint-every", type=int, help="also save the 'last' checkpoint every N steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch table stays)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint with its "
+                                                       "saved config (only --epochs, --test, --backend and "
+                                                       "display options may change)")
+    p.add_argument("--list-models", action="store_true", help="list the zoo's models and their options, then exit")
+    p.set_defaults(func=cmd_train)
+
+
+NAMED = ("model", "backend", "dataset", "data_dir", "download", "epochs", "batch_size", "eval_batch_size", "lr",
+         "weight_decay", "clip_grad_norm", "schedule", "warmup_epochs", "augment", "resize", "subset", "val_size",
+         "val_subset", "test", "seed", "dtype", "compile", "out_dir", "run_name", "checkpoint_every")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in NAMED:
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if args.no_progress:
+        out["progress"] = False
+    for key, value in args.model_opts:
+        out[f"model_options.{key}"] = value
+    for key, value in args.overrides:
+        out[key] = value
+    return out
+
+
+def _list_models() -> str:
+    from .registry import MODELS, model_defaults
+
+    lines = []
+    for name, (_, _, _, about) in MODELS.items():
+        lines.append(f"{name}: {about}")
+        opts = model_defaults(name)
+        lines.append("  options: " + ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    return "\n".join(lines)
+
+
+def build_train_config(args: argparse.Namespace) -> tuple[Any, Optional[str]]:
+    """The TrainConfig for parsed `train` arguments and the run folder to resume (or None)."""
+    from .train.config import TrainConfig, apply_overrides, build_config
+
+    overrides = _overrides(args)
+    if args.resume:
+        from .train.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(args.resume).meta["train"]
+        allowed = {"epochs", "test", "backend", "progress", "compile", "checkpoint_every", "eval_batch_size"}
+        changed = sorted(k for k, v in overrides.items() if k not in allowed and saved.get(k, object()) != v)
+        if changed:
+            raise ValueError(f"--resume continues the saved config; these options would change it: {changed}. "
+                             f"Start a new run instead (or drop them)")
+        return TrainConfig(**apply_overrides(saved, overrides)), args.resume
+    return build_config(args.preset, args.config, overrides), None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.list_models:
+        print(_list_models())
+        return 0
+    from .train import Trainer
+
+    try:
+        cfg, resume = build_train_config(args)
+        Trainer(cfg, resume=resume).run()
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+        print(f"convnn train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on any backend (top-1/top-5, per-sample)",
+                       description="Evaluate a checkpoint written by `convnn train` (a .safetensors file or a run "
+                                   "folder, which means its checkpoints/best.safetensors). The model and the data "
+                                   "split are rebuilt from the checkpoint's config; the backend may differ from the "
+                                   "one that trained it.")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, or a run folder")
+    p.add_argument("--backend", default="auto", help="numba, torch, jax, numpy or auto (default auto)")
+    p.add_argument("--split", choices=("val", "test", "train"), default="val",
+                   help="val: the run's validation split (default); test: the official test split (an error if "
+                        "missing); train: the run's training images")
+    p.add_argument("--dataset", help="evaluate on another dataset than the run's (same classes and image size)")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the run's)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="compute dtype (default: the checkpoint's). float64 makes backends agree to rounding: in "
+                        "float32, ConvNN's top-k can break near-ties between neighbours differently per backend")
+    p.add_argument("--output", metavar="FILE.json", help="also write the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+def run_eval(checkpoint: str, backend_name: str = "auto", split: str = "val", dataset: Optional[str] = None,
+             data_dir: Optional[str] = None, batch_size: Optional[int] = None, progress: bool = False,
+             dtype: Optional[str] = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on one split, computed on the chosen backend."""
+    import numpy as np
+
+    from .data import default_val_size, load_dataset, split_validation
+    from .registry import create_model
+    from .train.checkpoint import load_checkpoint
+    from .train.evaluate import evaluate
+    from .train.loop import restore_tree
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.safetensors"
+    ckpt = load_checkpoint(path)
+    train_cfg, model_cfg = ckpt.meta["train"], ckpt.meta["model"]
+    options = dict(model_cfg["options"])
+    if dtype is not None:
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype={dtype!r} is not allowed; choose float32 or float64")
+        options["dtype"] = dtype
+    if backend_name == "auto":
+        from .train.backend_choice import resolve_training_backend
+
+        backend_name = resolve_training_backend("auto", model_cfg["name"], options)[0].name
+    from convnn_core.registry import get_backend
+
+    # jax computes in float64 only with 64-bit mode on
+    x64 = {"x64": True} if backend_name == "jax" and options.get("dtype") == "float64" else {}
+    backend = get_backend(backend_name, **x64)
+    model = create_model(model_cfg["name"], backend=backend, num_classes=model_cfg["num_classes"], **options)
+    params = restore_tree(ckpt.groups["params"], model.param_specs(), backend, model.dtype, "params")
+    state = restore_tree(ckpt.groups["state"], model.state_specs(), backend, model.dtype, "state")
+    name = dataset or train_cfg["dataset"]
+    where = data_dir if data_dir is not None else train_cfg.get("data_dir")
+    if split == "test":
+        ds = load_dataset(name, "test", where)
+    else:
+        full = load_dataset(name, "train", where)
+        val_size = train_cfg.get("val_size") or default_val_size(len(full))
+        train, val = split_validation(full, val_size)
+        if split == "val":
+            ds = val if train_cfg.get("val_subset") is None else val.take(np.arange(min(train_cfg["val_subset"],
+                                                                                        len(val))))
+        else:
+            ds = train if train_cfg.get("subset") is None else train.take(np.arange(min(train_cfg["subset"],
+                                                                                        len(train))))
+    if ds.num_classes != model.num_classes:
+        raise ValueError(f"dataset {name!r} has {ds.num_classes} classes but the checkpoint's model has "
+                         f"{model.num_classes}")
+    metrics = evaluate(model, params, state, ds, batch_size=batch_size or train_cfg["batch_size"],
+                       resize=ckpt.meta.get("resize"), progress=progress, desc=split)
+    return {**metrics, "split": split, "dataset": name, "backend": backend.name, "checkpoint": str(path),
+            "epoch": ckpt.meta.get("epoch"), "model": model_cfg, "dtype": model.dtype}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        result = run_eval(args.checkpoint, args.backend, args.split, args.dataset, args.data_dir, args.batch_size,
+                          progress=not args.no_progress, dtype=args.dtype)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"convnn eval: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{result['checkpoint']} on {result['backend']} ({result['dtype']}): "
+          f"{result['dataset']} {result['split']} "
+          f"({result['n']} images): loss {result['loss']:.4f}, top-1 {100 * result['top1']:.2f}%, "
+          f"top-5 {100 * result['top5']:.2f}%")
+    if args.output:
+        from .train.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.output), json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `train` and `eval` to the `convnn` command."""
+    _add_train(subparsers)
+    _add_eval(subparsers)

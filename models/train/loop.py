@@ -1,0 +1,411 @@
+"""The training loop: data, model, AdamW steps, validation each epoch, checkpoints, metrics, curves, test at the end.
+
+Every random draw is a function of (seed, step) or (seed, epoch), so a run resumed from its last
+checkpoint replays exactly what the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from convnn_core.tree import tree_map, unflatten
+
+from ..data import DatasetNotFound, default_val_size, load_dataset, split_validation
+from ..data.dataset import Dataset
+from ..data.transforms import normalise, random_crop_flip, resize_bilinear
+from ..registry import create_model
+from .backend_choice import resolve_training_backend
+from .checkpoint import atomic_write_text, fill_like, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .evaluate import evaluate
+from .metrics import MetricsFiles, topk_correct
+from .plots import plot_curves
+from .schedule import lr_scale
+
+# fields that must agree between a run and the checkpoint it resumes from
+IDENTITY_FIELDS = ("model", "model_options", "dataset", "val_size", "subset", "val_subset", "batch_size", "lr",
+                   "weight_decay", "betas", "eps", "clip_grad_norm", "schedule", "warmup_epochs", "augment",
+                   "resize", "seed", "dtype")
+
+
+@dataclass
+class RunResult:
+    """What a finished (or resumed-and-finished) run produced."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    test: Optional[dict[str, Any]]
+    curves: Optional[Path]
+    params: Any = None
+    state: Any = None
+    backend: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and (when loaded) torch before anything random happens, the model included."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for one (run seed, step, stream) triple."""
+    words = np.random.SeedSequence([seed, step, stream]).generate_state(2, dtype=np.uint32)
+    return ((int(words[0]) << 32) | int(words[1])) & ((1 << 63) - 1)
+
+
+def _float(backend: Any, value: Any) -> float:
+    return float(np.asarray(backend.to_numpy(value)) if not isinstance(value, (int, float)) else value)
+
+
+class Trainer:
+    """One training run. `run()` trains (or resumes) and returns a RunResult.
+
+    step_callback(global_step) is called after every optimizer step; raising from it stops the run
+    the way a crash would (the test suite uses it to interrupt and resume).
+    """
+
+    def __init__(self, config: TrainConfig, *, resume: Optional[str] = None,
+                 step_callback: Optional[Callable[[int], None]] = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg = config
+        self.resume = resume
+        self.step_callback = step_callback
+        self.log = log
+
+    # ------------------------------------------------------------------ setup
+    def _data(self) -> tuple[Dataset, Dataset]:
+        cfg = self.cfg
+        full = load_dataset(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
+        val_size = cfg.val_size if cfg.val_size is not None else default_val_size(len(full))
+        train, val = split_validation(full, val_size)
+        if cfg.subset is not None:
+            train = train.take(np.arange(min(cfg.subset, len(train))))
+        if cfg.val_subset is not None:
+            val = val.take(np.arange(min(cfg.val_subset, len(val))), val.name)
+        return train, val
+
+    def _model_options(self, train: Dataset) -> dict[str, Any]:
+        opts = dict(self.cfg.model_options)
+        opts.setdefault("dtype", self.cfg.dtype)
+        if train.images.shape[1] != 3:
+            opts.setdefault("in_chans", int(train.images.shape[1]))
+        return opts
+
+    def _resize(self, model: Any, train: Dataset) -> Optional[int]:
+        if self.cfg.resize is not None:
+            return self.cfg.resize
+        size = model.options.get("image_size")
+        h = train.images.shape[2]
+        if size is not None and size != h:
+            return int(size)
+        if size is None and h < 32:  # VGG's five 2x2 pools need at least 32 pixels
+            return 32
+        return None
+
+    def _check_resume_config(self, saved: dict[str, Any]) -> None:
+        mine = self.cfg.resolved()
+        diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in IDENTITY_FIELDS
+                if _norm(saved.get(k)) != _norm(mine.get(k))]
+        if diff:
+            raise ValueError("the checkpoint comes from a different training config; resume with the same settings "
+                             "(or start a new run): " + "; ".join(diff))
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        set_seed(cfg.seed)  # before the model is built (SPEC.md section 8)
+        ckpt = None
+        if self.resume is not None:
+            ckpt = load_checkpoint(self.resume)
+            self._check_resume_config(ckpt.meta["train"])
+            run_dir = ckpt.path.parent.parent
+        else:
+            run_dir = self._new_run_dir()
+        backend, why = resolve_training_backend(cfg.backend, cfg.model, cfg.model_options)
+        train, val = self._data()
+        # asked-for test data must exist before hours of training, not after (no fallback when it is missing)
+        test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, download=cfg.download) if cfg.test else None
+        model = create_model(cfg.model, backend=backend, num_classes=train.num_classes,
+                             **self._model_options(train))
+        resize = self._resize(model, train)
+        files = MetricsFiles(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        resolved = {**cfg.resolved(), "resolved_backend": backend.name, "backend_reason": why,
+                    "model_config": model.config, "num_params": model.num_params(), "resize": resize,
+                    "train_images": len(train), "val_images": len(val), "data_source": train.source}
+        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+        opt = backend.adamw(cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
+        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        scheduled = cfg.schedule != "constant" or warmup_steps > 0
+
+        if ckpt is None:
+            params, state = model.init(cfg.seed)
+            opt_state = opt.init(params)
+            epoch, step_in_epoch, global_step = 0, 0, 0
+            history: list[dict[str, Any]] = []
+            best: dict[str, Any] = {}
+            sums = _empty_sums()
+        else:
+            params, state, opt_state = self._restore(ckpt, model, opt)
+            epoch, step_in_epoch = int(ckpt.meta["epoch"]), int(ckpt.meta["step_in_epoch"])
+            global_step = int(ckpt.meta["global_step"])
+            history, best, sums = list(ckpt.meta["history"]), dict(ckpt.meta["best"]), dict(ckpt.meta["sums"])
+            files.truncate_after(global_step)
+            self.log(f"resuming {run_dir} at epoch {epoch + 1}, step {global_step}")
+
+        self.log(f"run {run_dir}: {model.name} ({model.num_params():,} params, {_opts(cfg.model_options)}) on "
+                 f"{backend.name} [{why}]; {cfg.dataset}: {len(train)} train / {len(val)} val images, "
+                 f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}")
+        label_dtype = _label_dtype(backend)
+        step_fn = self._step_fn(model, backend, opt, scheduled)
+        eval_logits = self._eval_fn(model, backend)
+        eval_bs = cfg.eval_batch_size or cfg.batch_size
+        meta_base = {"model": model.config, "train": cfg.resolved(), "backend": backend.name,
+                     "resize": resize, "dataset": {"name": cfg.dataset, "train": len(train), "val": len(val)}}
+        self._print_header()
+        for row in history:  # a resumed run shows its earlier epochs first
+            self._print_row(row)
+
+        while epoch < cfg.epochs:
+            perm = np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(train))
+            bar = self._bar(steps_per_epoch, step_in_epoch, epoch)
+            t_epoch = time.perf_counter()
+            for k in range(step_in_epoch, steps_per_epoch):
+                index = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+                t0 = time.perf_counter()
+                x_host = train.images[index]
+                if cfg.augment:
+                    x_host = random_crop_flip(x_host, np.random.default_rng(step_seed(cfg.seed, global_step, 1)))
+                x_host = normalise(x_host, train.mean, train.std)
+                if resize:
+                    x_host = resize_bilinear(x_host, resize)
+                x = backend.asarray(x_host, model.dtype)
+                y = backend.asarray(train.labels[index], label_dtype)
+                key = backend.make_rng(step_seed(cfg.seed, global_step, 0))
+                scale = lr_scale(cfg.schedule, global_step, total_steps, warmup_steps)
+                params, state, opt_state, loss, logits, gnorm = step_fn(params, state, opt_state, x, y, key,
+                                                                        scale)
+                loss_f = _float(backend, loss)
+                if not math.isfinite(loss_f):
+                    raise FloatingPointError(f"the training loss became {loss_f} at step {global_step + 1}; lower "
+                                             f"the learning rate (lr={cfg.lr}) or check the data")
+                correct = topk_correct(np.asarray(backend.to_numpy(logits)), train.labels[index])
+                dt = time.perf_counter() - t0
+                global_step += 1
+                n = len(index)
+                sums["loss"] += loss_f * n
+                sums["top1"] += correct[1]
+                sums["top5"] += correct[5]
+                sums["n"] += n
+                sums["seconds"] += dt
+                lr_now = cfg.lr * scale
+                files.step({"step": global_step, "epoch": epoch, "loss": loss_f, "top1": correct[1] / n,
+                            "lr": lr_now, "grad_norm": None if gnorm is None else _float(backend, gnorm),
+                            "images_per_second": n / dt if dt > 0 else None})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_f:.3f}", acc=f"{sums['top1'] / sums['n']:.3f}",
+                                    img_s=f"{sums['n'] / max(sums['seconds'], 1e-9):.0f}")
+                    bar.update(1)
+                step_in_epoch = k + 1
+                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step_in_epoch < steps_per_epoch:
+                    self._save(run_dir / "checkpoints" / "last.safetensors", backend, params, state, opt_state,
+                               {**meta_base, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                                "global_step": global_step, "history": history, "best": best, "sums": sums})
+                if self.step_callback is not None:
+                    self.step_callback(global_step)
+            if bar is not None:
+                bar.close()
+            val_metrics = evaluate(model, params, state, val, batch_size=eval_bs, resize=resize,
+                                   logits_fn=eval_logits, progress=cfg.progress, desc="validation")
+            row = {"epoch": epoch, "step": global_step, "train_loss": sums["loss"] / sums["n"],
+                   "train_top1": sums["top1"] / sums["n"], "train_top5": sums["top5"] / sums["n"],
+                   "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"], "val_top5": val_metrics["top5"],
+                   "lr": cfg.lr * lr_scale(cfg.schedule, max(0, global_step - 1), total_steps, warmup_steps),
+                   "epoch_seconds": time.perf_counter() - t_epoch,
+                   "images_per_second": sums["n"] / max(sums["seconds"], 1e-9)}
+            history.append(row)
+            self._print_row(row)
+            improved = not best or row["val_top1"] > best["val_top1"]
+            if improved:
+                best = {"epoch": epoch, "step": global_step, "val_top1": row["val_top1"], "val_top5": row["val_top5"],
+                        "val_loss": row["val_loss"]}
+            epoch, step_in_epoch, sums = epoch + 1, 0, _empty_sums()
+            meta = {**meta_base, "epoch": epoch, "step_in_epoch": 0, "global_step": global_step,
+                    "history": history, "best": best, "sums": sums}
+            if improved:
+                self._save(run_dir / "checkpoints" / "best.safetensors", backend, params, state, opt_state, meta)
+            self._save(run_dir / "checkpoints" / "last.safetensors", backend, params, state, opt_state, meta)
+            files.epochs(history)
+            plot_curves(run_dir / "curves.png", history, files.read_steps(),
+                        f"{model.name} {_opts(cfg.model_options)} on {cfg.dataset} ({backend.name})")
+
+        curves = run_dir / "curves.png" if (run_dir / "curves.png").exists() else None
+        test = self._test(model, test_set, run_dir, resize, eval_bs, eval_logits) if test_set is not None else None
+        summary = {"run_dir": str(run_dir), "backend": backend.name, "best": best,
+                   "last": history[-1] if history else None, "test": test}
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if best:
+            self.log(f"best validation top-1 {100 * best['val_top1']:.2f}% at epoch {best['epoch'] + 1} "
+                     f"(checkpoint {run_dir / 'checkpoints' / 'best.safetensors'})")
+        if test:
+            self.log(f"test ({test['n']} images, best model): loss {test['loss']:.4f}, top-1 "
+                     f"{100 * test['top1']:.2f}%, top-5 {100 * test['top5']:.2f}%")
+        if curves is not None:
+            self.log(f"curves: {curves}")
+        self.log(f"metrics: {files.csv} (per epoch), {files.jsonl} (per step); config: {run_dir / 'config.json'}")
+        return RunResult(run_dir, history, best, test, curves, params, state, backend.name)
+
+    # ------------------------------------------------------------------ pieces
+    def _new_run_dir(self) -> Path:
+        cfg = self.cfg
+        base = Path(cfg.out_dir)
+        name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = base / name
+        if (run_dir / "checkpoints" / "last.safetensors").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose "
+                                  f"another --run-name")
+        return run_dir
+
+    def _restore(self, ckpt: Any, model: Any, opt: Any) -> tuple[Any, Any, Any]:
+        backend = model.backend
+        params = restore_tree(ckpt.groups["params"], model.param_specs(), backend, model.dtype, "params")
+        state = restore_tree(ckpt.groups["state"], model.state_specs(), backend, model.dtype, "state")
+        template = opt.init(params)
+        try:
+            opt_state = fill_like(template, ckpt.groups["opt"], backend.asarray, "optimizer state")
+        except ValueError as err:
+            raise ValueError(f"{err} (the checkpoint's optimizer state was written by backend "
+                             f"{ckpt.meta.get('backend')!r}; resume on that backend)") from err
+        return params, state, opt_state
+
+    def _save(self, path: Path, backend: Any, params: Any, state: Any, opt_state: Any, meta: dict) -> None:
+        save_checkpoint(path, params=params, state=state, opt_state=opt_state, meta=meta, to_numpy=backend.to_numpy)
+
+    def _step_fn(self, model: Any, backend: Any, opt: Any, scheduled: bool) -> Callable[..., Any]:
+        clip = self.cfg.clip_grad_norm
+
+        def loss_fn(params: Any, state: Any, x: Any, y: Any, key: Any) -> Any:
+            logits, new_state = model.apply(params, state, x, train=True, rng=key)
+            return backend.cross_entropy(logits, y), (logits, new_state)
+
+        value_and_grad = backend.value_and_grad(loss_fn, has_aux=True)
+
+        def step(params: Any, state: Any, opt_state: Any, x: Any, y: Any, key: Any, scale: Any) -> Any:
+            (loss, (logits, new_state)), grads = value_and_grad(params, state, x, y, key)
+            gnorm = None
+            if clip is not None:
+                grads, gnorm = backend.clip_grad_norm(grads, clip)
+            new_params, new_opt = opt.update(grads, opt_state, params)
+            if scheduled:  # AdamW's update is linear in the LR: p + s * (update at the base LR)
+                new_params = tree_map(lambda p, q: p + (q - p) * scale, params, new_params)
+            return new_params, new_state, new_opt, loss, logits, gnorm
+
+        if self._compiled(backend):
+            return backend.compile(step)
+        return step
+
+    def _eval_fn(self, model: Any, backend: Any) -> Callable[..., Any]:
+        def logits(params: Any, state: Any, x: Any) -> Any:
+            return model.apply(params, state, x, train=False, rng=None)[0]
+
+        return backend.compile(logits) if self._compiled(backend) else logits
+
+    def _compiled(self, backend: Any) -> bool:
+        mode = self.cfg.compile
+        return mode == "on" or (mode == "auto" and backend.name == "jax")
+
+    def _test(self, model: Any, test: Dataset, run_dir: Path, resize: Optional[int], batch_size: int,
+              eval_logits: Callable[..., Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")
+        backend = model.backend
+        params = restore_tree(ckpt.groups["params"], model.param_specs(), backend, model.dtype, "params")
+        state = restore_tree(ckpt.groups["state"], model.state_specs(), backend, model.dtype, "state")
+        metrics = evaluate(model, params, state, test, batch_size=batch_size, resize=resize, logits_fn=eval_logits,
+                           progress=cfg.progress, desc="test")
+        result = {**metrics, "epoch": ckpt.meta["best"]["epoch"], "split": "test"}
+        atomic_write_text(run_dir / "test.json", json.dumps(result, indent=2) + "\n")
+        return result
+
+    def _bar(self, total: int, initial: int, epoch: int) -> Any:
+        if not self.cfg.progress:
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                    leave=False, dynamic_ncols=True)
+
+    def _print_header(self) -> None:
+        self.log(f"{'epoch':>5} {'train loss':>10} {'train top1':>10} {'val loss':>9} {'val top1':>9} "
+                 f"{'val top5':>9} {'time s':>7} {'img/s':>7}")
+
+    def _print_row(self, row: dict[str, Any]) -> None:
+        self.log(f"{row['epoch'] + 1:>5} {row['train_loss']:>10.4f} {100 * row['train_top1']:>9.2f}% "
+                 f"{row['val_loss']:>9.4f} {100 * row['val_top1']:>8.2f}% {100 * row['val_top5']:>8.2f}% "
+                 f"{row['epoch_seconds']:>7.1f} {row['images_per_second']:>7.1f}")
+
+
+def restore_tree(flat: dict[str, np.ndarray], specs: dict[str, Any], backend: Any, dtype: str, what: str) -> Any:
+    """Backend arrays for a model's params/state from a checkpoint, checked against the model's shapes."""
+    missing = sorted(set(specs) - set(flat))
+    extra = sorted(set(flat) - set(specs))
+    if missing or extra:
+        raise ValueError(f"the checkpoint's {what} do not fit this model (a different model or options?): missing "
+                         f"{missing[:4]}{'...' if len(missing) > 4 else ''}, unexpected {extra[:4]}"
+                         f"{'...' if len(extra) > 4 else ''}")
+    out = {}
+    for path, spec in specs.items():
+        arr = flat[path]
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise ValueError(f"the checkpoint's {what} {path} has shape {tuple(arr.shape)}; this model needs "
+                             f"{tuple(spec.shape)}")
+        out[path] = backend.asarray(arr, dtype)
+    return unflatten(out)
+
+
+def _label_dtype(backend: Any) -> str:
+    """int64 labels, or int32 where the backend runs without 64-bit integers (jax by default)."""
+    try:
+        backend.asarray(np.zeros(1, np.int64), "int64")
+        return "int64"
+    except (ValueError, TypeError):
+        return "int32"
+
+
+def _empty_sums() -> dict[str, float]:
+    return {"loss": 0.0, "top1": 0, "top5": 0, "n": 0, "seconds": 0.0}
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in sorted(value.items())}
+    return value
+
+
+def _opts(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+
+
+__all__ = ["RunResult", "Trainer", "DatasetNotFound", "restore_tree", "set_seed"]
