@@ -1,0 +1,110 @@
+"""What every bench command does first: fix threads, pick the backends (and say why others are skipped), measure the machine."""
+from __future__ import annotations
+
+import datetime as _dt
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .runners import COMPILE_MODES, ORACLE, BackendRunner
+
+CUDA_BACKENDS = ("torch", "jax")
+
+
+@dataclass
+class CommonOptions:
+    """Options shared by `convnn bench layer | model | sweep`."""
+
+    backends: Optional[list[str]] = None  # None: every installed backend
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    threads: Optional[int] = None
+    out: Path = Path("reports/bench")
+    oracle: bool = False  # time the numpy oracle on full-size shapes too
+    compile: str = "auto"
+    memory: bool = True
+    quick: bool = False
+
+    def validate(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device!r} is not allowed; choose cpu or cuda")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile={self.compile!r} is not allowed; choose one of {', '.join(COMPILE_MODES)}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"repeats={self.repeats!r} must be an int >= 1")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup!r} must be an int >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["out"] = str(self.out)
+        return out
+
+
+@dataclass
+class BenchContext:
+    """The opened backends of a run, those skipped with the reason, the machine and the header of the report."""
+
+    options: CommonOptions
+    runners: dict[str, BackendRunner] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    header: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, backend: str, reason: str) -> None:
+        self.skipped.append({"backend": backend, "reason": reason})
+
+
+def choose_backends(options: CommonOptions, ctx: BenchContext) -> list[str]:
+    """The backends to run: asked for (or all known), minus those not installed, not on the device, or the oracle."""
+    from convnn_core.registry import BACKENDS, backend_status
+
+    names = options.backends or list(BACKENDS)
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"backends={unknown} unknown; choose from {', '.join(BACKENDS)}")
+    chosen = []
+    for name in names:
+        ok, why = backend_status(name)
+        if not ok:
+            ctx.skip(name, why)
+        elif options.device == "cuda" and name not in CUDA_BACKENDS:
+            ctx.skip(name, "CPU-only backend (device=cuda)")
+        elif name == ORACLE and not (options.oracle or options.quick or options.backends):
+            ctx.skip(name, "the float64 reference oracle, not a contender; pass --oracle (or --backends numpy) to time it")
+        else:
+            chosen.append(name)
+    return chosen
+
+
+def open_context(options: CommonOptions, command: str, argv: Optional[list[str]] = None) -> BenchContext:
+    """Fix threads, measure the machine and open every chosen backend (failures become skips with the reason)."""
+    from .machine import measure_machine
+    from .measure import error_text
+    from .threads import fix_thread_count
+
+    options.validate()
+    ctx = BenchContext(options)
+    threads = fix_thread_count(options.threads) if options.device == "cpu" else {"threads": "n/a (cuda)"}
+    for name in choose_backends(options, ctx):
+        try:
+            ctx.runners[name] = BackendRunner(name, options.device, options.compile,
+                                                  threads.get("threads") if options.device == "cpu" else None)
+        except Exception as err:
+            ctx.skip(name, error_text(err))
+    if options.device == "cpu" and "numba" in sys.modules:  # numba loaded by a backend: cap its pool too
+        threads = fix_thread_count(options.threads)
+    machine = measure_machine(options.device, quick=options.quick)
+    machine["threads"] = threads
+    ctx.header = {
+        "kind": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "convnn bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else [command])),
+        "machine": machine,
+        "settings": options.to_dict(),
+        "backends": list(ctx.runners),
+        "skipped": ctx.skipped,
+    }
+    return ctx
