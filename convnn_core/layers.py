@@ -90,6 +90,15 @@ def pixel_shuffle_1d(xp: Any, x: Any, s: int) -> Any:
     return xp.reshape(xp.permute_dims(x, (0, 1, 3, 2)), (b, cs // s, length * s))
 
 
+def check_shuffle_channels(out_channels: int, scale: int, dims: int) -> None:
+    """With shuffle_scale s the op's output channels must split into s**dims sub-pixels (dims 2 or 1)."""
+    factor = scale ** dims
+    if scale > 1 and out_channels % factor:
+        raise ValueError(
+            f"weight has {out_channels} output channels; with shuffle_scale={scale} it must be a multiple of {factor}"
+        )
+
+
 def selection_features(xp: Any, cfg: ConvNNConfig, tokens: Any, coords: Optional[Any]) -> Any:
     """What drives selection: features, coordinates, or [blend * f / sigma_b, (1 - blend) * coords]."""
     if cfg.select == "feature":
@@ -172,10 +181,7 @@ def convnn2d(
     y = _convnn_tokens(xp, cfg, tokens, coords, queries, weight, bias, cand)
     out = xp.reshape(xp.permute_dims(y, (0, 2, 1)), (b, y.shape[-1], h, w))
     if s > 1:
-        if out.shape[1] % (s * s):
-            raise ValueError(
-                f"weight has {out.shape[1]} output channels; with shuffle_scale={s} it must be a multiple of {s * s}"
-            )
+        check_shuffle_channels(out.shape[1], s, 2)
         out = pixel_shuffle(xp, out, s)
     return out
 
@@ -206,10 +212,7 @@ def convnn1d(
     y = _convnn_tokens(xp, cfg, tokens, coords, queries, weight, bias, cand)
     out = xp.permute_dims(y, (0, 2, 1))
     if s > 1:
-        if out.shape[1] % s:
-            raise ValueError(
-                f"weight has {out.shape[1]} output channels; with shuffle_scale={s} it must be a multiple of {s}"
-            )
+        check_shuffle_channels(out.shape[1], s, 1)
         out = pixel_shuffle_1d(xp, out, s)
     return out
 

@@ -97,6 +97,17 @@ class Backend(Protocol):
         """torch.compile / jax.jit where available, else fn itself."""
 
 
+def check_adamw_hyperparameters(lr: float, weight_decay: float, betas: tuple[float, float]) -> None:
+    """The arguments every backend's adamw accepts: lr > 0, weight_decay >= 0, both betas in [0, 1)."""
+    if not (float(lr) > 0.0):
+        raise ValueError(f"lr={lr!r} must be a positive float")
+    if float(weight_decay) < 0.0:
+        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+    b1, b2 = betas
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        raise ValueError(f"betas={betas!r} must both be in [0, 1)")
+
+
 def missing_ops(backend: Any) -> list[str]:
     """The vocabulary names a backend object does not provide (empty when complete)."""
     return [name for name in VOCABULARY if not callable(getattr(backend, name, None))]

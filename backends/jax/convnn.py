@@ -18,7 +18,13 @@ import numpy as np
 from convnn_core._xp import check_float_inputs, check_ndim, shape_str
 from convnn_core.aggregate import check_taps
 from convnn_core.config import ConvNNConfig
-from convnn_core.layers import pixel_shuffle, pixel_shuffle_1d, pixel_unshuffle, pixel_unshuffle_1d
+from convnn_core.layers import (
+    check_shuffle_channels,
+    pixel_shuffle,
+    pixel_shuffle_1d,
+    pixel_unshuffle,
+    pixel_unshuffle_1d,
+)
 
 from . import candidates as cands
 from .arrays import check_finite, index_dtype, is_tracer
@@ -135,8 +141,7 @@ def convnn2d(x: Any, weight: Any, bias: Optional[Any] = None, cfg: ConvNNConfig 
         c, h, w = c * s * s, h // s, w // s
     p = cfg.padding
     out = check_taps(cfg.taps, weight, bias, c + (2 if cfg.aggregate_coords else 0), cfg.k)
-    if s > 1 and out % (s * s):
-        raise ValueError(f"weight has {out} output channels; with shuffle_scale={s} it must be a multiple of {s * s}")
+    check_shuffle_channels(out, s, 2)
     n_tokens = (h + 2 * p) * (w + 2 * p)
     plan = cands.resolve(cfg, n_tokens, interior_tokens(h, w, p), batch=b, grid=(h, w),
                          candidates=candidates, rng=rng)
@@ -177,8 +182,7 @@ def convnn1d(x: Any, weight: Any, bias: Optional[Any] = None, cfg: ConvNNConfig 
         c, length = c * s, length // s
     p = cfg.padding
     out = check_taps(cfg.taps, weight, bias, c + (1 if cfg.aggregate_coords else 0), cfg.k)
-    if s > 1 and out % s:
-        raise ValueError(f"weight has {out} output channels; with shuffle_scale={s} it must be a multiple of {s}")
+    check_shuffle_channels(out, s, 1)
     plan = cands.resolve(cfg, length + 2 * p, np.arange(length) + p, batch=b, length=length,
                          candidates=candidates, rng=rng)
     return _convnn1d_core(x, weight, bias, plan.indices, plan.key, cfg=cfg, draw=plan.count,

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from convnn_core.vocabulary import check_adamw_hyperparameters
+
 
 class AdamW:
     """torch.optim.AdamW on a pytree through optax.adamw: decoupled decay on every parameter.
@@ -16,13 +18,8 @@ class AdamW:
 
     def __init__(self, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        if not (float(lr) > 0.0):
-            raise ValueError(f"lr={lr!r} must be a positive float")
-        if float(weight_decay) < 0.0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+        check_adamw_hyperparameters(lr, weight_decay, betas)
         b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas={betas!r} must both be in [0, 1)")
         self.lr, self.weight_decay, self.betas, self.eps = float(lr), float(weight_decay), (b1, b2), float(eps)
         # optax: p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), the same step as torch's AdamW
         self.tx = optax.adamw(self.lr, b1=b1, b2=b2, eps=self.eps, eps_root=0.0, weight_decay=self.weight_decay)

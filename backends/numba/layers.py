@@ -177,10 +177,7 @@ def convnn2d(x: Any, weight: Any, bias: Optional[Any] = None, cfg: ConvNNConfig 
     y = _tokens_op(cfg, tokens, coords, queries, weight, bias, cand)
     out = anp.reshape(anp.transpose(y, (0, 2, 1)), (b, y.shape[-1], h, w))
     if s > 1:
-        if out.shape[1] % (s * s):
-            raise ValueError(
-                f"weight has {out.shape[1]} output channels; with shuffle_scale={s} it must be a multiple of {s * s}"
-            )
+        spec_layers.check_shuffle_channels(out.shape[1], s, 2)
         out = _shuffle_2d(out, s)
     return out
 
@@ -203,10 +200,7 @@ def convnn1d(x: Any, weight: Any, bias: Optional[Any] = None, cfg: ConvNNConfig 
     y = _tokens_op(cfg, tokens, coords, queries, weight, bias, cand)
     out = anp.transpose(y, (0, 2, 1))
     if s > 1:
-        if out.shape[1] % s:
-            raise ValueError(
-                f"weight has {out.shape[1]} output channels; with shuffle_scale={s} it must be a multiple of {s}"
-            )
+        spec_layers.check_shuffle_channels(out.shape[1], s, 1)
         out = _shuffle_1d(out, s)
     return out
 

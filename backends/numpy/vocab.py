@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import array_api_compat.numpy
 import numpy as np
 
+from convnn_core.attention import band_mask as spec_band_mask
 from convnn_core.tree import tree_leaves, tree_map
+from convnn_core.vocabulary import check_adamw_hyperparameters
 
 PROJECTIONS = ("wq", "wk", "wv", "wo")
 AUTOGRAD_HINT = "pip install 'convnn[numba]'"
@@ -103,13 +106,8 @@ class AdamW:
 
     def __init__(self, np_like: Any, lr: float, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        if not (float(lr) > 0.0):
-            raise ValueError(f"lr={lr!r} must be a positive float")
-        if float(weight_decay) < 0.0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+        check_adamw_hyperparameters(lr, weight_decay, betas)
         b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas={betas!r} must both be in [0, 1)")
         self.np = np_like
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -432,18 +430,8 @@ class NumpyOps:
 
     @staticmethod
     def band_mask(n: int, *, kind: str, width: int) -> np.ndarray:
-        """[N, N] masks over the token order: 'window' |i-j| <= width, 'local' <= width//2, 'strided' mod width == 0."""
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width={width!r} must be an int >= 1")
-        i = np.arange(n)
-        dist = np.abs(i[:, None] - i[None, :])
-        if kind == "window":
-            return dist <= width
-        if kind == "local":
-            return dist <= width // 2
-        if kind == "strided":
-            return (dist % width) == 0
-        raise ValueError(f"kind={kind!r} is not allowed; choose one of window, local, strided")
+        """[N, N] masks over the token order: the spec's band_mask on NumPy."""
+        return spec_band_mask(array_api_compat.numpy, n, np.empty(0), kind=kind, width=width)
 
     def local_attention(self, x: Any, params: Mapping[str, Any], window: int, **kw: Any) -> Any:
         """Each token attends to tokens within `window` positions of the 1-D token order."""

@@ -24,6 +24,7 @@ from convnn_core.attention import (
 )
 from convnn_core.candidates import resolve_candidates
 from convnn_core.config import ConvNNConfig
+from convnn_core.layers import check_shuffle_channels
 
 from . import ops
 from .rng import TorchRngKey, as_host_rng, dropout_mask
@@ -172,10 +173,7 @@ def convnn2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     y = _tokens_op(cfg, tokens, coords, queries, weight, bias, cand, options)
     out = y.transpose(1, 2).reshape(b, y.shape[-1], h, w)
     if s > 1:
-        if out.shape[1] % (s * s):
-            raise ValueError(
-                f"weight has {out.shape[1]} output channels; with shuffle_scale={s} it must be a multiple of {s * s}"
-            )
+        check_shuffle_channels(out.shape[1], s, 2)
         out = F.pixel_shuffle(out, s)
     return out
 
@@ -211,10 +209,7 @@ def convnn1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     y = _tokens_op(cfg, tokens, coords, queries, weight, bias, cand, options)
     out = y.transpose(1, 2)
     if s > 1:
-        if out.shape[1] % s:
-            raise ValueError(
-                f"weight has {out.shape[1]} output channels; with shuffle_scale={s} it must be a multiple of {s}"
-            )
+        check_shuffle_channels(out.shape[1], s, 1)
         out = _shuffle_1d(out, s)
     return out
 

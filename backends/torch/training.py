@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 
 from convnn_core.tree import tree_leaves, tree_map
+from convnn_core.vocabulary import check_adamw_hyperparameters
 
 
 def _rebuild(tree: Any, leaves: list) -> Any:
@@ -99,6 +100,7 @@ class AdamW:
 def adamw(lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8) -> AdamW:
     """The optimizer object (init / update)."""
+    check_adamw_hyperparameters(lr, weight_decay, betas)
     return AdamW(float(lr), float(weight_decay), (float(betas[0]), float(betas[1])), float(eps))
 
 
