@@ -1,7 +1,7 @@
 """Build the contenders of one layer case: every backend through the vocabulary, plus the torch baselines."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -120,3 +120,15 @@ def baseline_contender(baselines: TorchBaselines, shape: Shape, variant: Variant
             return reference.sdpa_attention(x, params, heads=heads)
         name = TORCH_SDPA
     return baselines.contender(name, forward, inputs, output_shape(shape))
+
+
+def contender_builders(baselines: Optional[TorchBaselines], runners: Mapping[str, BackendRunner], shape: Shape,
+                       variant: Variant) -> list[tuple[str, Callable[[], Contender]]]:
+    """(label, build) for the authors' baseline (when measured) and every backend, built lazily so a failure
+    to build one contender is reported on its own row."""
+    builders: list[tuple[str, Callable[[], Contender]]] = []
+    if baselines is not None:
+        builders.append(("baseline", lambda: baseline_contender(baselines, shape, variant)))
+    for name, runner in runners.items():
+        builders.append((name, lambda r=runner: backend_contender(r, shape, variant)))
+    return builders

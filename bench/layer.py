@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 from . import cost as cost_model
 from .cases import MapShape, Shape, Variant, filter_variants, shape_set, variants_for
-from .contenders import REFERENCE, TORCH_CONV2D, TORCH_SDPA, backend_contender, baseline_contender
+from .contenders import REFERENCE, TORCH_CONV2D, TORCH_SDPA, contender_builders
 from .measure import failed_row, measure_contender
 from .runners import TorchBaselines
 from .context import CommonOptions, BenchContext, open_context
@@ -109,12 +109,7 @@ def _fill_rows(ctx: BenchContext, shapes: tuple[Shape, ...], wanted: Optional[li
     for shape in shapes:
         for variant in filter_variants(variants_for(shape), wanted):
             cost = case_cost(shape, variant)
-            builders = []
-            if baselines is not None:
-                builders.append(("baseline", lambda s=shape, v=variant: baseline_contender(baselines, s, v)))
-            for name, runner in ctx.runners.items():
-                builders.append((name, lambda r=runner, s=shape, v=variant: backend_contender(r, s, v)))
-            for label, build in builders:
+            for label, build in contender_builders(baselines, ctx.runners, shape, variant):
                 try:
                     row = measure_contender(build(), repeats=opts.repeats, warmup=opts.warmup, memory=memory)
                 except Exception as err:

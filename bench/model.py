@@ -7,7 +7,7 @@ compiles, i.e. jax.jit). Inference is `model.apply(train=False)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 

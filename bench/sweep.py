@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from . import cost as cost_model
 from .cases import MapShape, Variant
-from .contenders import backend_contender, baseline_contender
+from .contenders import contender_builders
 from .layer import _baselines
 from .measure import failed_row, measure_contender
 from .context import CommonOptions, BenchContext, open_context
@@ -143,12 +143,7 @@ def sweep_rows(ctx: BenchContext, axes: list[Axis], batch: int, backward: bool, 
             cost = cost_model.convnn2d_cost(shape.batch, shape.c_in, shape.c_out, shape.height, shape.width,
                                             k=shape.k, padding=1, select="feature", sampling=variant.sampling,
                                             num_samples=shape.samples)
-            builders = []
-            if baselines is not None:
-                builders.append(("baseline", lambda s=shape, v=variant: baseline_contender(baselines, s, v)))
-            for name, runner in ctx.runners.items():
-                builders.append((name, lambda r=runner, s=shape, v=variant: backend_contender(r, s, v)))
-            for label, build in builders:
+            for label, build in contender_builders(baselines, ctx.runners, shape, variant):
                 try:
                     contender = build()
                     if not backward:
