@@ -1,1 +1,1 @@
-"""ConvNN backends, one package each (numpy oracle, numba, torch, jax), loaded through convnn_core.get_backend."""
+"""ConvNN backends, one package each (numpy oracle, numba, torch, jax), loaded through convnn.get_backend."""

@@ -20,14 +20,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", default=None,
                    help="comma-separated backends (default: every installed one; the numpy oracle only with --oracle)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu, or cuda for torch (and jax on its GPU) with torch baselines on the GPU")
+                   help="cpu, or cuda for the backends whose plugin lists it (convnn info), with the torch baselines "
+                        "on the GPU")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement, median reported (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1; the first is reported)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every library (default: all cores)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder for JSON, Markdown, PNG (default {DEFAULT_OUT})")
     p.add_argument("--oracle", action="store_true", help="also time the numpy oracle on full-size shapes")
     p.add_argument("--compile", choices=("auto", "always", "never"), default="auto",
-                   help="wrap calls in the backend's compile (auto: jax only, i.e. jax.jit)")
+                   help="wrap calls in the backend's compile (auto: where the backend compiles by default, "
+                        "capabilities.compile_by_default)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement calls")
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke run in seconds")
 

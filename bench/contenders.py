@@ -5,7 +5,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from convnn_core import ConvNNConfig, attention_config, draw_random
+from convnn import ConvNNConfig, attention_config, draw_random
 
 from .cases import MapShape, Shape, TokenShape, Variant
 from .runners import BackendRunner, Contender, TorchBaselines
@@ -87,7 +87,8 @@ def backend_contender(runner: BackendRunner, shape: Shape, variant: Variant) -> 
     else:
         def forward(*rest: Any, x: Any, **params: Any) -> Any:
             return be.multihead_attention(x, params, heads=heads)
-    return runner.contender(forward, inputs, output_shape(shape), extra)
+    op = "multihead_attention" if variant.op == "attention" else variant.op
+    return runner.contender(forward, inputs, output_shape(shape), extra, op=op)
 
 
 def baseline_contender(baselines: TorchBaselines, shape: Shape, variant: Variant) -> Contender:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import shlex
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .runners import COMPILE_MODES, ORACLE, BackendRunner
+from convnn.conformance.oracle import ORACLE_BACKEND as ORACLE
 
-CUDA_BACKENDS = ("torch", "jax")
+from .runners import COMPILE_MODES, BackendRunner
 
 
 @dataclass
@@ -59,7 +58,7 @@ class BenchContext:
 
 def choose_backends(options: CommonOptions, ctx: BenchContext) -> list[str]:
     """The backends to run: asked for (or all known), minus those not installed, not on the device, or the oracle."""
-    from convnn_core.registry import BACKENDS, backend_status
+    from convnn.registry import BACKENDS, backend_status
 
     names = options.backends or list(BACKENDS)
     unknown = [n for n in names if n not in BACKENDS]
@@ -70,10 +69,11 @@ def choose_backends(options: CommonOptions, ctx: BenchContext) -> list[str]:
         ok, why = backend_status(name)
         if not ok:
             ctx.skip(name, why)
-        elif options.device == "cuda" and name not in CUDA_BACKENDS:
-            ctx.skip(name, "CPU-only backend (device=cuda)")
+        elif options.device not in BACKENDS[name].devices:
+            ctx.skip(name, f"runs on {', '.join(BACKENDS[name].devices)} only (device={options.device})")
         elif name == ORACLE and not (options.oracle or options.quick or options.backends):
-            ctx.skip(name, "the float64 reference oracle, not a contender; pass --oracle (or --backends numpy) to time it")
+            ctx.skip(name, f"the float64 reference oracle, not a contender; pass --oracle (or --backends {ORACLE}) "
+                           f"to time it")
         else:
             chosen.append(name)
     return chosen
@@ -81,6 +81,8 @@ def choose_backends(options: CommonOptions, ctx: BenchContext) -> list[str]:
 
 def open_context(options: CommonOptions, command: str, argv: Optional[list[str]] = None) -> BenchContext:
     """Fix threads, measure the machine and open every chosen backend (failures become skips with the reason)."""
+    from convnn.conformance.runner import LOAD_ERRORS
+
     from .machine import measure_machine
     from .measure import error_text
     from .threads import fix_thread_count
@@ -92,9 +94,9 @@ def open_context(options: CommonOptions, command: str, argv: Optional[list[str]]
         try:
             ctx.runners[name] = BackendRunner(name, options.device, options.compile,
                                                   threads.get("threads") if options.device == "cpu" else None)
-        except Exception as err:
+        except LOAD_ERRORS as err:  # the backend refused to load here (device, options, install): a skip with why
             ctx.skip(name, error_text(err))
-    if options.device == "cpu" and "numba" in sys.modules:  # numba loaded by a backend: cap its pool too
+    if options.device == "cpu":  # libraries the backends loaded just now: cap their pools too
         threads = fix_thread_count(options.threads)
     machine = measure_machine(options.device, quick=options.quick)
     machine["threads"] = threads

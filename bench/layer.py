@@ -75,7 +75,7 @@ def run_layer_bench(options: CommonOptions, *, shapes: str = "default", batch: O
 def _baselines(ctx: BenchContext) -> Optional[TorchBaselines]:
     try:
         return TorchBaselines(ctx.options.device)
-    except Exception as err:
+    except (ImportError, RuntimeError) as err:  # no torch, or no CUDA GPU for it: the baselines are skipped
         ctx.skip("torch baselines", f"{type(err).__name__}: {err}")
         return None
 
@@ -112,7 +112,7 @@ def _fill_rows(ctx: BenchContext, shapes: tuple[Shape, ...], wanted: Optional[li
             for label, build in contender_builders(baselines, ctx.runners, shape, variant):
                 try:
                     row = measure_contender(build(), repeats=opts.repeats, warmup=opts.warmup, memory=memory)
-                except Exception as err:
+                except Exception as err:  # an error row naming the exception (status 'error'), never a skip
                     runner = ctx.runners.get(label)
                     row = failed_row(label, "backend" if runner else "baseline", opts.device, err,
                                      runner.mode if runner else "eager")

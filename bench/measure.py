@@ -45,7 +45,7 @@ def measure_contender(contender: Contender, *, repeats: int, warmup: int,
             if memory is not None:
                 peak = memory.measure(fn)
                 row[f"{phase}_peak_mib"] = None if peak is None else peak / MIB
-        except Exception as err:  # a failing backend is reported, the benchmark goes on
+        except Exception as err:  # an error row naming the exception (status 'error'); the benchmark goes on
             row["status"] = "error"
             row["notes"].append(f"{phase}: {error_text(err)}")
     return row

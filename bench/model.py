@@ -2,7 +2,7 @@
 
 A training step is value_and_grad of the cross-entropy through `model.apply(train=True)` followed by
 the backend's AdamW update, all through the vocabulary (compiled as one function where the runner
-compiles, i.e. jax.jit). Inference is `model.apply(train=False)`.
+compiles: by default where capabilities.compile_by_default). Inference is `model.apply(train=False)`.
 """
 from __future__ import annotations
 
@@ -70,16 +70,15 @@ def model_cases(wanted: Optional[list[str]], quick: bool, vgg_head: str = "paper
 def zoo_status() -> tuple[bool, str]:
     """Whether the model zoo can be imported here, and why not."""
     try:
-        import models  # noqa: F401
-        from models import create_model  # noqa: F401
-    except Exception as err:
+        from convnn.models import create_model  # noqa: F401
+    except ImportError as err:
         return False, f"model zoo not importable: {error_text(err)}"
     return True, "ok"
 
 
 def model_contender(runner: BackendRunner, case: ModelCase, batch: int, num_classes: int = 10) -> Contender:
     """Closures for one training step (forward + backward + AdamW) and one inference call of a zoo model."""
-    from models import create_model
+    from convnn.models import create_model
 
     be = runner.backend
     model = create_model(case.name, backend=be, num_classes=num_classes, **case.options)
@@ -115,7 +114,7 @@ def model_contender(runner: BackendRunner, case: ModelCase, batch: int, num_clas
         return out[3]
 
     contender = Contender(case.label, "backend", runner.device, runner.mode)
-    contender.memory_measurable = not (runner.name == "jax" and runner.device == "cuda")
+    contender.memory_measurable = runner.memory_measurable
     contender.forward = lambda: runner.sync(infer(current["params"], current["state"], x))
     contender.forward_backward = train
     contender.extra["params"] = model.num_params()
@@ -152,6 +151,15 @@ def run_model_bench(options: CommonOptions, *, models: Optional[list[str]] = Non
     return report
 
 
+def _can_train(runner: BackendRunner, case: ModelCase) -> tuple[bool, str]:
+    """(True, '') or (False, why) from the backend's capabilities and whether the model has ConvNN layers."""
+    from convnn.models import model_uses_convnn
+
+    if not callable(getattr(runner.backend, "value_and_grad", None)):
+        return False, "has no value_and_grad"
+    return runner.capabilities.can_train(model_uses_convnn(case.name, case.options))
+
+
 def model_rows(ctx: BenchContext, cases: list[ModelCase], batch: int, progress: bool,
                rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, backend) appended to rows: images/s and peak memory of training and inference."""
@@ -162,15 +170,16 @@ def model_rows(ctx: BenchContext, cases: list[ModelCase], batch: int, progress: 
         for name, runner in ctx.runners.items():
             row: dict[str, Any] = {"model": case.label, "backend": f"{name} ({runner.mode})", "batch": batch,
                                    "device": runner.device}
+            trains, cannot = _can_train(runner, case) if ok else (False, why)
             if not ok:
                 row.update(status="not available", notes=[why])
-            elif not runner.has_gradients:
-                row.update(status="not available", notes=["backend has no value_and_grad"])
+            elif not trains:
+                row.update(status="not available", notes=[f"cannot train {case.label}: the backend {cannot}"])
             else:
                 try:
                     measured = measure_contender(model_contender(runner, case, batch), repeats=opts.repeats,
                                                  warmup=opts.warmup, memory=memory)
-                except Exception as err:
+                except Exception as err:  # an error row naming the exception (status 'error'), never a skip
                     measured = {"status": "error", "notes": [error_text(err)]}
                 row.update(status=measured["status"], notes=measured["notes"], params=measured.get("params"))
                 for src, dst in (("fwd", "infer"), ("fwdbwd", "train")):

@@ -11,8 +11,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-ORACLE = "numpy"
+from convnn.vocabulary import CONVNN_OPS
+
 COMPILE_MODES = ("auto", "always", "never")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -30,101 +32,84 @@ class Contender:
     extra: dict[str, Any] = field(default_factory=dict)  # facts copied into the report row (e.g. params)
 
 
+def meter_kind(device: str) -> str:
+    """Which peak-memory meter PeakMemory(device) uses: 'cuda' (torch.cuda statistics) or 'host' (the RSS)."""
+    return "cuda" if device.startswith("cuda") else "host"
+
+
 class BackendRunner:
-    """A backend from convnn_core.get_backend plus what the benchmark needs: placement, sync, compile."""
+    """A backend loaded for the benchmark plus what it needs from it: placement, sync, compile, all read from
+    the backend object (place, synchronize, capabilities), never from its name."""
 
     def __init__(self, name: str, device: str = "cpu", compile_mode: str = "auto",
                  threads: Optional[int] = None) -> None:
-        from convnn_core import get_backend
+        from convnn.conformance.runner import load_backend, takes_option
+        from convnn.registry import BACKENDS
 
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile={compile_mode!r} is not allowed; choose one of {', '.join(COMPILE_MODES)}")
-        if device not in ("cpu", "cuda"):
+        if device not in DEVICES:
             raise ValueError(f"device={device!r} is not allowed; choose cpu or cuda")
-        if device == "cuda" and name not in ("torch", "jax"):
-            raise ValueError(f"backend {name!r} runs on the CPU only; cuda needs torch or jax")
+        if device not in BACKENDS[name].devices:
+            raise ValueError(f"backend {name!r} runs on {', '.join(BACKENDS[name].devices)} only, not on {device}")
         self.name = name
         self.device = device
-        options: dict[str, Any] = {}
-        if name == "torch" and device == "cuda":
-            options["device"] = "cuda"
-        if name == "numba" and threads is not None:
-            options["threads"] = threads
-        self.backend = get_backend(name, **options)
-        self.compiled = compile_mode == "always" or (compile_mode == "auto" and name == "jax")
+        extra = {"threads": threads} if threads is not None and takes_option(name, "threads") else {}
+        self.backend = load_backend(name, device=device, **extra)
+        self.capabilities = self.backend.capabilities
+        self.compiled = compile_mode == "always" or (compile_mode == "auto" and self.capabilities.compile_by_default)
         self.mode = "compiled" if self.compiled else "eager"
-        if name == "jax":
-            self.mode = "jit" if self.compiled else "eager"
-        self._jax_device = None
-        if name == "jax":
-            import jax
-
-            platform = "gpu" if device == "cuda" else "cpu"
-            try:
-                self._jax_device = jax.devices(platform)[0]
-            except RuntimeError as err:
-                raise RuntimeError(f"jax has no {platform} device: {err}") from err
 
     @property
     def has_gradients(self) -> bool:
-        return callable(getattr(self.backend, "value_and_grad", None))
+        return self.capabilities.trainable and callable(getattr(self.backend, "value_and_grad", None))
+
+    def differentiates(self, op: str) -> bool:
+        """Whether value_and_grad goes through `op` here (a ConvNN op only where capabilities.differentiable says)."""
+        if not self.has_gradients:
+            return False
+        return op in self.capabilities.differentiable if op in CONVNN_OPS else True
+
+    @property
+    def memory_measurable(self) -> bool:
+        """Whether the peak-memory meter of this device sees the backend's allocations (capabilities.memory)."""
+        return self.capabilities.memory == meter_kind(self.device)
 
     def array(self, host: np.ndarray) -> Any:
-        """A backend array of a host array, on this runner's device (int64 indices as int32 on 32-bit jax)."""
-        if self.name == "jax" and host.dtype == np.int64:
-            import jax
-
-            if not jax.config.jax_enable_x64:
-                host = host.astype(np.int32)
-        arr = self.backend.asarray(host, dtype=str(host.dtype))
-        if self.name == "torch" and self.device == "cuda" and arr.device.type != "cuda":
-            arr = arr.to("cuda")
-        elif self.name == "jax":
-            import jax
-
-            arr = jax.device_put(arr, self._jax_device)
-        return arr
+        """A backend array of a host array, on the backend's device (int64 as int32 where it has no 64-bit ints)."""
+        if host.dtype == np.int64 and not self.capabilities.int64_labels:
+            host = host.astype(np.int32)
+        return self.backend.place(self.backend.asarray(host, dtype=str(host.dtype)))
 
     def commit(self, tree: Any) -> Any:
-        """Place a pytree of this backend's arrays on the runner's device (jax: committed, as jit outputs are,
-        so feeding outputs back in does not trigger a second compile)."""
-        if self.name == "jax":
-            import jax
-
-            return jax.device_put(tree, self._jax_device)
-        return tree
+        """Place a pytree of this backend's arrays on its device (committed, as compiled outputs are, so feeding
+        outputs back in does not trigger a second compile)."""
+        return self.backend.place(tree)
 
     def sync(self, value: Any) -> Any:
         """Block until the device work behind value is done, and return value."""
-        if self.name == "jax":
-            import jax
-
-            return jax.block_until_ready(value)
-        if self.name == "torch" and self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        return value
+        return self.backend.synchronize(value)
 
     def prepare(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """fn compiled through the backend's own `compile` when this runner compiles, else fn."""
         return self.backend.compile(fn) if self.compiled else fn
 
     def contender(self, forward: Callable[..., Any], inputs: dict[str, np.ndarray], out_shape: tuple[int, ...],
-                  extra: tuple[np.ndarray, ...] = ()) -> Contender:
+                  extra: tuple[np.ndarray, ...] = (), op: Optional[str] = None) -> Contender:
         """Closures for forward(**inputs) and for value_and_grad of sum(forward(**inputs) * cotangent).
 
         inputs are the differentiated arrays (input and parameters); extra are host arrays passed
-        after them unchanged (candidate indices).
+        after them unchanged (candidate indices); op names the vocabulary op, whose gradient the
+        backend's capabilities must declare.
         """
         args = {k: self.array(v) for k, v in inputs.items()}
         fixed = tuple(self.array(v) for v in extra)
         fwd = self.prepare(lambda params, *rest: forward(*rest, **params))
         out = Contender(self.name, "backend", self.device, self.mode)
-        out.memory_measurable = not (self.name == "jax" and self.device == "cuda")
+        out.memory_measurable = self.memory_measurable
         out.forward = lambda: self.sync(fwd(args, *fixed))
-        if not self.has_gradients:
-            out.notes.append("no value_and_grad (forward-only oracle)")
+        if not (self.differentiates(op) if op is not None else self.has_gradients):
+            out.notes.append(f"forward only: the backend declares no gradient through {op or 'its ops'}")
             return out
         dtype = next(iter(inputs.values())).dtype
         cot = self.array(np.random.default_rng(7).standard_normal(out_shape).astype(dtype))

@@ -149,7 +149,7 @@ def sweep_rows(ctx: BenchContext, axes: list[Axis], batch: int, backward: bool, 
                     if not backward:
                         contender.forward_backward = None
                     row = measure_contender(contender, repeats=opts.repeats, warmup=opts.warmup, memory=None)
-                except Exception as err:
+                except Exception as err:  # an error row naming the exception (status 'error'), never a skip
                     runner = ctx.runners.get(label)
                     row = failed_row(label, "backend" if runner else "baseline", opts.device, err,
                                      runner.mode if runner else "eager")

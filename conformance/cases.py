@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from convnn_core import ConvNNConfig, attention_config
-from convnn_core.candidates import draw_random, spatial_grid_2d, spatial_line
+from convnn import ConvNNConfig, attention_config
+from convnn.candidates import draw_random, spatial_grid_2d, spatial_line
 
 from .dtypes import round_to
 from .pairwise import all_pairs

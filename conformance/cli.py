@@ -49,14 +49,16 @@ def register(subparsers: Any) -> None:
         description="Run the conformance suite: levels 1-3 check the ConvNN ops, their gradients and the "
                     "identities of SPEC.md section 6; levels 4-6 check zoo models (forward, one training step, "
                     "a short training curve). Backends that cannot run show as n/a, never as passed. "
-                    "Exit status 1 when any check fails.",
+                    "Exit status 1 when any check fails or a backend named in --backends cannot run.",
     )
     p.add_argument("--backends", default="all", help="comma-separated backend names, or 'all' (default)")
     p.add_argument("--level", default="all", help="levels to run: 1..6, e.g. 1 or 1,3 or 1-3 (default: all)")
     p.add_argument("--dtype", default=",".join(DEFAULT_DTYPES),
                    help="dtypes: float64,float32 (default), bfloat16, float16 or 'all'; a backend is checked "
                         "only in the dtypes it declares")
-    p.add_argument("--device", default=None, help="device option passed to backends that take one (e.g. cuda)")
+    p.add_argument("--device", default=None,
+                   help="the device every backend must run on (e.g. cuda); a backend that cannot is n/a, and the run "
+                        "fails when a backend named in --backends (or every backend) cannot")
     p.add_argument("--quick", action="store_true", help="the smaller CI case set (the default is the full set)")
     p.add_argument("--case", default=None, help="run only cases whose id contains this text")
     p.add_argument("--report", default=None, metavar="OUT.md", help="write the Markdown report here")
@@ -86,4 +88,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"JSON report: {write_json(report, args.json)}")
     if args.report:
         print(f"Markdown report: {write_markdown(report, args.report)}")
-    return report.exit_code()
+    blocked = unrunnable(entries, explicit=args.backends.strip() not in ("", "all"), device=args.device)
+    for line in blocked:
+        print(f"convnn conformance: {line}", file=sys.stderr)
+    return 1 if blocked else report.exit_code()
+
+
+def unrunnable(entries: list[Any], *, explicit: bool, device: Any = None) -> list[str]:
+    """Why the run cannot count as checked: a backend asked for by name that cannot run, or none that can."""
+    where = f" on device={device!r}" if device else ""
+    if explicit:
+        return [f"backend {e.name!r} was asked for{where} but cannot run: {e.reason}" for e in entries
+                if not e.available]
+    if entries and not any(e.available for e in entries):
+        return [f"no backend can run{where}: " + "; ".join(f"{e.name}: {e.reason}" for e in entries)]
+    return []

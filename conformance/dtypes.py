@@ -28,11 +28,12 @@ def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def backend_dtypes(backend: Any) -> tuple[str, ...]:
-    """The dtypes a backend declares through an optional `supported_dtypes` attribute (default float64, float32)."""
-    declared = getattr(backend, "supported_dtypes", None)
-    if declared is None:
-        return DEFAULT_DTYPES
-    names = tuple(str(d) for d in declared)
+    """The dtypes of ALL_DTYPES a backend declares in `backend.capabilities.dtypes`, in the suite's order."""
+    caps = getattr(backend, "capabilities", None)
+    if caps is None:
+        raise TypeError(f"backend {getattr(backend, 'name', '?')!r} declares no capabilities "
+                        f"(backend.capabilities.dtypes)")
+    names = tuple(str(d) for d in caps.dtypes)
     return tuple(d for d in ALL_DTYPES if d in names)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from convnn_core import ConvNNConfig, get_backend
+from convnn import ConvNNConfig, get_backend
 
 
 class _Wrapped:

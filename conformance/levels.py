@@ -9,7 +9,7 @@ import numpy as np
 
 from .cases import Case, make_inputs
 from .execute import (NotAvailable, backend_arrays, backend_forward, backend_grads, finite_difference_forward_loss,
-                      required_method, to_host)
+                      op_name, required_method, to_host)
 from .oracle import (PROJECTIONS, conv2d_reference, cotangent, finite_difference_grads, grad_params,
                      oracle_forward, softmax_attention_reference, torch_autograd_grads)
 from .results import ERROR, NOT_AVAILABLE, CheckResult
@@ -115,28 +115,24 @@ def oracle_grads(case: Case, inputs: dict[str, Any], cache: OracleCache) -> tupl
 def check_gradients(backend: Any, name: str, case: Case, cache: OracleCache) -> list[CheckResult]:
     """Level 2: the backend's value_and_grad against torch autograd of the spec.
 
-    The NumPy oracle, whose ConvNN ops are forward only, is checked the other way round: central finite
-    differences of its float64 forward against the same autograd gradients. Any other backend without
-    gradients through its ConvNN ops is n/a at this level, never passed.
+    A backend whose capabilities declare the case's ConvNN op forward only (the NumPy oracle) is checked the
+    other way round: central finite differences of its float64 forward against the same autograd gradients;
+    in other dtypes its gradients are n/a, never passed.
     """
     inputs = make_inputs(case)
+    op = op_name(case)
 
     def run() -> list[CheckResult]:
         cot, want_loss, want = oracle_grads(case, inputs, cache)
-        why = "backend declares trainable_convnn = False"
-        if callable(getattr(backend, "value_and_grad", None)) and getattr(backend, "trainable_convnn", True):
-            try:
-                got_loss, got = backend_grads(backend, case, inputs, cot)
-            except NotImplementedError as err:  # forward-only ConvNN ops (the NumPy oracle)
-                why = str(err)
-            else:
-                tol = tolerance_for(case.dtype)
-                parts = [(f"d/d{k}", compare(got[k], want[k], tol)) for k in want]
-                parts.append(("loss", compare(np.asarray(got_loss), np.asarray(want_loss), tol)))
-                return [CheckResult.from_comparison(name, 2, case.id, case.dtype, merge(parts),
-                                                    detail="value_and_grad vs torch autograd of the spec")]
-        if getattr(backend, "name", name) != "numpy":
-            raise NotAvailable(f"no gradient through the ConvNN ops ({why})")
+        caps = backend.capabilities
+        if caps.trainable and op in caps.differentiable:
+            got_loss, got = backend_grads(backend, case, inputs, cot)
+            tol = tolerance_for(case.dtype)
+            parts = [(f"d/d{k}", compare(got[k], want[k], tol)) for k in want]
+            parts.append(("loss", compare(np.asarray(got_loss), np.asarray(want_loss), tol)))
+            return [CheckResult.from_comparison(name, 2, case.id, case.dtype, merge(parts),
+                                                detail="value_and_grad vs torch autograd of the spec")]
+        why = f"the backend declares {op} forward only (capabilities.differentiable)"
         if case.dtype != "float64":
             raise NotAvailable(f"no gradient through the ConvNN ops ({why}); finite differences run in float64 only")
         params = grad_params(case, inputs)
@@ -146,7 +142,8 @@ def check_gradients(backend: Any, name: str, case: Case, cache: OracleCache) -> 
         for k, idx in entries.items():
             parts.append((f"d/d{k}", compare(fd[k], want[k].reshape(-1)[idx], FINITE_DIFFERENCE)))
         return [CheckResult.from_comparison(name, 2, case.id, case.dtype, merge(parts),
-                                            detail="finite differences of the forward vs torch autograd of the spec")]
+                                            detail=f"finite differences of the forward vs torch autograd of the "
+                                                   f"spec ({why})")]
 
     return guarded(name, case, run)
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from convnn_core.tree import flatten, tree_map
+from convnn.tree import flatten, tree_map
 
 from .dtypes import round_to
 from .execute import NotAvailable, to_host
@@ -69,7 +69,7 @@ class ModelCase:
 def zoo() -> Optional[Any]:
     """The models package if it offers create_model, else None."""
     try:
-        import models
+        from convnn import models
     except ImportError:
         return None
     return models if callable(getattr(models, "create_model", None)) else None
@@ -94,8 +94,8 @@ def model_cases(level: int, dtype: str, full: bool) -> list[ModelCase]:
 def real_batch(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n normalised images (float64 NCHW) and labels from the zoo's embedded CIFAR-10 sample."""
     try:
-        from models.data import load_sample
-        from models.data.transforms import normalise
+        from convnn.models.data import load_sample
+        from convnn.models.data.transforms import normalise
     except ImportError as err:
         raise NotAvailable(f"models.data has no embedded sample loader ({err})") from err
     ds = load_sample()
@@ -104,9 +104,11 @@ def real_batch(n: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _reference() -> Any:
-    from convnn_core import get_backend
+    from convnn import get_backend
 
-    return get_backend("numpy")
+    from .oracle import ORACLE_BACKEND
+
+    return get_backend(ORACLE_BACKEND)
 
 
 def _build(backend: Any, case: ModelCase, dtype: str) -> Any:
@@ -128,6 +130,23 @@ def _shared(case: ModelCase, cache: OracleCache) -> dict[str, Any]:
                 "labels": y}
 
     return cache.get("model", case, make)
+
+
+def _require_training(backend: Any, model: Any) -> None:
+    """NotAvailable when the backend lacks the training vocabulary or, by its capabilities, cannot train the model."""
+    for op in ("value_and_grad", "adamw", "clip_grad_norm", "cross_entropy"):
+        if not callable(getattr(backend, op, None)):
+            raise NotAvailable(f"backend has no {op}")
+    ok, why = backend.capabilities.can_train(model.uses_convnn)
+    if not ok:
+        raise NotAvailable(f"the backend cannot train {model.name} ({why}; capabilities)")
+
+
+def _labels(backend: Any, host: np.ndarray) -> Any:
+    """Labels as backend int64, or int32 where the backend has no 64-bit ints (capabilities.int64_labels)."""
+    if backend.capabilities.int64_labels:
+        return backend.asarray(host, "int64")
+    return backend.asarray(np.asarray(host).astype(np.int32), "int32")
 
 
 def _to_backend(backend: Any, tree: Any, dtype: str) -> Any:
@@ -195,9 +214,8 @@ def check_training_step(backend: Any, name: str, case: ModelCase, cache: OracleC
     """Level 5: loss and BatchNorm state (train mode), the gradient by finite differences of the float64
     reference loss, global-norm clipping and one AdamW step."""
     def run() -> list[CheckResult]:
-        for op in ("value_and_grad", "adamw", "clip_grad_norm", "cross_entropy"):
-            if not callable(getattr(backend, op, None)):
-                raise NotAvailable(f"backend has no {op}")
+        model = _build(backend, case, case.dtype)
+        _require_training(backend, model)
         shared = _shared(case, cache)
         ref = _reference()
         tol = tolerance_for(case.dtype)
@@ -207,16 +225,15 @@ def check_training_step(backend: Any, name: str, case: ModelCase, cache: OracleC
         ref_loss = _loss_fn(ref, ref_model, ref_state, ref_x, shared["labels"])
 
         def oracle_loss(host_params: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
-            from convnn_core.tree import unflatten
+            from convnn.tree import unflatten
 
             value, new_state = ref_loss(_to_backend(ref, unflatten(host_params), "float64"))
             return float(to_host(ref, value)), _host_tree(ref, new_state)
 
         flat_params = flatten(shared["params"])
         want_loss, want_state = cache.get("step", case, lambda: oracle_loss(flat_params))
-        model = _build(backend, case, case.dtype)
         params = _to_backend(backend, shared["params"], case.dtype)
-        labels = backend.asarray(shared["labels"], "int64") if _takes_int64(backend) else shared["labels"]
+        labels = _labels(backend, shared["labels"])
         loss = _loss_fn(backend, model, _to_backend(backend, shared["state"], case.dtype),
                         backend.asarray(shared["x"], case.dtype), labels)
         (value, new_state), grads = backend.value_and_grad(loss, has_aux=True)(params)
@@ -238,14 +255,6 @@ def check_training_step(backend: Any, name: str, case: ModelCase, cache: OracleC
                                             detail="loss, state, gradient (finite differences), clip, AdamW")]
 
     return guarded(name, case, run)  # type: ignore[arg-type]
-
-
-def _takes_int64(backend: Any) -> bool:
-    try:
-        backend.asarray(np.zeros(1, dtype=np.int64), "int64")
-    except Exception:  # a backend without 64-bit ints (jax without x64) takes host labels
-        return False
-    return True
 
 
 def _directional(oracle_loss: Any, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], tol: Any,
@@ -285,10 +294,8 @@ def _directional(oracle_loss: Any, params: dict[str, np.ndarray], grads: dict[st
 def check_training_curve(backend: Any, name: str, case: ModelCase, cache: OracleCache) -> list[CheckResult]:
     """Level 6: a few dozen AdamW steps on real images must lower the loss (finite throughout)."""
     def run() -> list[CheckResult]:
-        for op in ("value_and_grad", "adamw", "clip_grad_norm", "cross_entropy"):
-            if not callable(getattr(backend, op, None)):
-                raise NotAvailable(f"backend has no {op}")
         model = _build(backend, case, case.dtype)
+        _require_training(backend, model)
         params, state = model.init(case.seed)
         opt = backend.adamw(CURVE_LR, weight_decay=0.01)
         ostate = opt.init(params)
@@ -297,7 +304,7 @@ def check_training_curve(backend: Any, name: str, case: ModelCase, cache: Oracle
         start = time.perf_counter()
         for step in range(CURVE_STEPS):
             sl = slice(step * CURVE_BATCH, (step + 1) * CURVE_BATCH)
-            labels = backend.asarray(y_all[sl], "int64") if _takes_int64(backend) else y_all[sl]
+            labels = _labels(backend, y_all[sl])
             x = backend.asarray(x_all[sl], case.dtype)
 
             def loss(p: Any, state: Any = state, x: Any = x, labels: Any = labels) -> Any:

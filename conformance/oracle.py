@@ -8,9 +8,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-import convnn_core as cc
+import convnn as cc
 
 PROJECTIONS = ("wq", "wk", "wv", "wo")
+# The role "oracle": the registered backend that runs the spec itself in float64. Bench and conformance name it
+# through this constant only (it is skipped as a contender, and it is what every other backend is compared to).
+ORACLE_BACKEND = "numpy"
 
 
 # ----------------------------------------------------------------------------- forward

@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from convnn_core.registry import BACKENDS, BackendUnavailable, backend_status, get_backend
-from convnn_core.vocabulary import missing_ops
+from convnn.kernels import Capabilities
+from convnn.registry import BACKENDS, BackendUnavailable, backend_status, get_backend
+from convnn.vocabulary import missing_ops
 
 from . import cases as case_mod
 from .dtypes import ALL_DTYPES, DEFAULT_DTYPES, backend_dtypes
@@ -61,38 +62,114 @@ def parse_names(text: Optional[str]) -> list[str]:
     return names
 
 
-def _load_options(name: str, dtypes: Sequence[str], device: Optional[str]) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- loading a backend (the one place)
+def load_options_for(name: str, dtype: Optional[str]) -> dict[str, Any]:
+    """The load options a backend needs to compute in `dtype`, as its plugin declares them (`dtype_options`).
+
+    A plugin maps dtype names to options (jax: {'float64': {'x64': True}}); one without the field needs none.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    if dtype is None:
+        return {}
+    declared = getattr(BACKENDS[name], "dtype_options", None) or {}
+    return dict(declared.get(str(dtype), {}))
+
+
+def device_kind(device: str) -> str:
+    """'cuda:1' -> 'cuda', 'cpu' -> 'cpu'."""
+    return str(device).split(":", 1)[0]
+
+
+def takes_option(name: str, option: str) -> bool:
+    """Whether a backend's loader takes a load option, from its plugin's `options` when the plugin declares them.
+
+    Without that field a backend that runs on more than one device is taken to choose it through `device=`.
+    """
+    plugin = BACKENDS[name]
+    declared = getattr(plugin, "options", None)
+    if declared is not None:
+        return option in declared
+    return option == "device" and len(plugin.devices) > 1
+
+
+def device_options(name: str, device: Optional[str]) -> dict[str, Any]:
+    """The load options that put a backend on `device` (none for a backend that runs only there).
+
+    Raises BackendUnavailable when the backend's plugin does not list the device: never a silent move elsewhere.
+    """
+    if device is None:
+        return {}
+    plugin = BACKENDS[name]
+    if device_kind(device) not in plugin.devices:
+        raise BackendUnavailable(f"backend {name!r} runs on {', '.join(plugin.devices)} only, not on "
+                                 f"device={device!r}")
+    return {"device": device} if takes_option(name, "device") else {}
+
+
+def capabilities_of(backend: Any, name: str = "") -> Capabilities:
+    """A loaded backend's Capabilities; TypeError naming the backend when it declares none."""
+    caps = getattr(backend, "capabilities", None)
+    if not isinstance(caps, Capabilities):
+        raise TypeError(f"backend {name or getattr(backend, 'name', '?')!r} declares no capabilities (a "
+                        f"convnn.kernels.Capabilities as backend.capabilities); got {type(caps).__name__}")
+    return caps
+
+
+def check_device(backend: Any, name: str, device: Optional[str]) -> None:
+    """BackendUnavailable when a loaded backend does not run on the device it was asked for."""
+    if device is None:
+        return
+    got = capabilities_of(backend, name).device
+    if device_kind(got) != device_kind(device):
+        raise BackendUnavailable(f"backend {name!r} loaded on {got!r}, not on the device={device!r} asked for")
+
+
+def backend_load_options(name: str, dtypes: Sequence[str] = (), device: Optional[str] = None,
+                         **extra: Any) -> dict[str, Any]:
+    """Every load option for a backend that must run in `dtypes` on `device`, plus `extra` as given."""
     options: dict[str, Any] = {}
-    if device:
-        options["device"] = device
-    if name == "jax" and "float64" in dtypes:
-        options["x64"] = True  # the oracle compares float64 too; jax keeps float64 only with x64 on
+    for dtype in dtypes:
+        options.update(load_options_for(name, dtype))
+    options.update(device_options(name, device))
+    options.update(extra)
     return options
 
 
+def load_backend(name: str, *, dtypes: Sequence[str] = (), device: Optional[str] = None, **extra: Any) -> Any:
+    """get_backend(name) with the options its dtypes and device need, checked to run on that device.
+
+    Errors propagate (BackendUnavailable, or the loader's own ValueError / TypeError / RuntimeError); no
+    option is dropped and retried.
+    """
+    backend = get_backend(name, **backend_load_options(name, dtypes, device, **extra))
+    capabilities_of(backend, name)
+    check_device(backend, name, device)
+    return backend
+
+
+LOAD_ERRORS = (ImportError, ValueError, TypeError, RuntimeError, OSError)
+
+
 def load_entry(name: str, dtypes: Sequence[str], device: Optional[str] = None) -> BackendEntry:
-    """Load one backend for the suite; never raises for a backend that cannot run (the entry says why)."""
+    """Load one backend for the suite; a backend that cannot run (here, or on `device`) is an entry saying why.
+
+    A backend that rejects the device is unavailable with its error, never loaded without it.
+    """
     ok, why = backend_status(name)
     if not ok:
         return BackendEntry(name, reason=why)
-    options = _load_options(name, dtypes, device)
-    note = ""
+    options: dict[str, Any] = {}
     try:
-        try:
-            backend = get_backend(name, **options)
-        except (TypeError, ValueError) as err:
-            if "device" not in options:
-                raise
-            options.pop("device")
-            note = f" (takes no device option: {err}; default device used)"
-            backend = get_backend(name, **options)
-    except (BackendUnavailable, ImportError) as err:
+        options = backend_load_options(name, dtypes, device)
+        backend = load_backend(name, dtypes=dtypes, device=device)
+    except BackendUnavailable as err:
         return BackendEntry(name, reason=f"cannot load: {err}", options=options)
-    except Exception as err:  # a backend that fails to load is reported, not fatal for the others
+    except LOAD_ERRORS as err:  # the loader refused (a bad option, a missing device): reported with its error
         return BackendEntry(name, reason=f"failed to load: {type(err).__name__}: {err}", options=options)
     declared = backend_dtypes(backend)
     picked = tuple(d for d in dtypes if d in declared)
-    return BackendEntry(name, backend, "available" + note, picked, options, missing_ops(backend))
+    return BackendEntry(name, backend, "available", picked, options, missing_ops(backend))
 
 
 def plan_cases(level: int, dtype: str, full: bool) -> list[Any]:
@@ -202,7 +279,7 @@ def run_suite(entries: Sequence[BackendEntry], levels: Iterable[int] = ALL_LEVEL
             for d in dtypes:
                 if d not in entry.dtypes:
                     results.append(CheckResult(entry.name, lv, f"*-{d}", NOT_AVAILABLE, d,
-                                               detail=f"backend does not declare {d} (supported_dtypes)"))
+                                               detail=f"backend does not declare {d} (capabilities.dtypes)"))
                     continue
                 work.extend((entry, lv, c) for c in planned[(lv, d)])
     bar = _progress(len(work)) if progress else None

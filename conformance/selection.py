@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from convnn_core.affinity import affinity_matrix
-from convnn_core.attention import split_heads
-from convnn_core.layers import coords_1d, coords_2d, interior_tokens, pad_1d, pad_2d, selection_features
+from convnn.affinity import affinity_matrix
+from convnn.attention import split_heads
+from convnn.layers import coords_1d, coords_2d, interior_tokens, pad_1d, pad_2d, selection_features
 
 
 def _map_features(case: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from convnn_core import ConvNNConfig
+from convnn import ConvNNConfig
 
 from .dtypes import round_to
 

@@ -1,6 +1,9 @@
-"""convnn_core: the backend-neutral ConvNN spec (SPEC.md) on the Array API, the config and the backend registry.
+"""convnn: Convolutional Nearest Neighbors on numpy, numba, torch and jax.
 
+The backend-neutral spec (SPEC.md) on the Array API, the config, the one ConvNN pipeline that every
+backend runs through its kernels (convnn.pipeline, convnn.kernels) and the backend registry.
 Importing this package imports no framework (torch, jax, numba); backends load when asked for.
+Subpackages: convnn.backends, convnn.models, convnn.conformance, convnn.bench.
 """
 from .attention import (
     convnn_attention,
@@ -13,9 +16,10 @@ from .attention import (
 from .candidates import draw_random, spatial_grid_2d, spatial_line
 from .config import ConvNNConfig, attention_config
 from .layers import convnn1d, convnn2d, select_neighbors
-from .registry import BackendUnavailable, available_backends, backend_status, explain, get_backend
+from .kernels import Capabilities, KernelsBase
+from .registry import BackendPlugin, BackendUnavailable, available_backends, backend_status, explain, get_backend
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ConvNNConfig",
@@ -37,5 +41,8 @@ __all__ = [
     "backend_status",
     "explain",
     "BackendUnavailable",
+    "BackendPlugin",
+    "Capabilities",
+    "KernelsBase",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""`python -m convnn_core` runs the `convnn` command."""
+"""`python -m convnn` runs the `convnn` command."""
 import sys
 
 from .cli import main

@@ -100,25 +100,6 @@ def index_dtype(xp: Any) -> Any:
     return xp.int64
 
 
-def as_index_array(xp: Any, values: Any, like: Any) -> Any:
-    """Convert a sequence / array of token indices to an int64 array on the device of `like`."""
-    if hasattr(values, "__array_namespace__") or array_api_compat.is_array_api_obj(values):
-        try:
-            same = namespace(values) is xp
-        except TypeError:
-            same = False
-        if same:
-            if not xp.isdtype(values.dtype, "integral"):
-                raise TypeError(f"candidates has dtype {values.dtype}; integer token indices are required")
-            return xp.astype(values, xp.int64)
-    import numpy as np  # conversion of host-side indices only, not on the compute path
-
-    host = np.asarray(values)
-    if host.dtype.kind not in "iu":
-        raise TypeError(f"candidates has dtype {host.dtype}; integer token indices are required")
-    return xp.asarray(host.astype(np.int64), device=_device(like))
-
-
 def shape_str(shape: Sequence[int]) -> str:
     """Format a shape for messages."""
     return str(tuple(int(s) for s in shape))

@@ -6,42 +6,23 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ._xp import check_finite, check_float_inputs, check_ndim, device, namespace, shape_str, take_rows
-from .aggregate import apply_taps, check_taps
-from .candidates import RngLike, make_rng, resolve_candidates
-from .config import ConvNNConfig, attention_config
-from .selection import apply_order, neighbor_weights, select_ranked
+from . import pipeline
+from ._xp import check_finite, device, namespace, take_rows
+from .candidates import RngLike, make_rng
+from .config import ConvNNConfig
+from .spec_kernels import SpecKernels
 
-PROJECTIONS = ("wq", "wk", "wv", "wo")
+PROJECTIONS = pipeline.PROJECTIONS
 
 
 def check_projections(xp: Any, x: Any, params: Mapping[str, Any], heads: int) -> int:
-    """Validate x [B, N, D], the four [D, D] projections and heads; returns D."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict with keys {', '.join(PROJECTIONS)}; got {type(params).__name__}")
-    missing = [k for k in PROJECTIONS if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; attention needs {', '.join(PROJECTIONS)}")
-    check_ndim("x", x, 3, "[B, N, D]")
-    d = x.shape[-1]
-    for name in PROJECTIONS:
-        if tuple(params[name].shape) != (d, d):
-            raise ValueError(f"params[{name!r}] has shape {shape_str(params[name].shape)}; expected [{d}, {d}]")
-    check_float_inputs(xp, x=x, **{f"params[{k!r}]": params[k] for k in PROJECTIONS})
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or d % heads:
-        raise ValueError(f"heads={heads!r} must be a positive int that divides the width D={d}")
+    """Validate x [B, N, D], the four [D, D] projections and heads, and that x is finite; returns D."""
+    d = pipeline.check_projections(x, params, heads)
     check_finite(xp, "x", x)
     return d
 
 
-def check_dropout(dropout: float, train: bool, rng: Any) -> bool:
-    """Validate the dropout rate; True when dropout is active (training with p > 0, which needs an rng)."""
-    if not (0.0 <= float(dropout) < 1.0):
-        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
-    active = bool(train) and dropout > 0.0
-    if active and rng is None:
-        raise ValueError("dropout > 0 with train=True needs an rng= (int seed or numpy Generator)")
-    return active
+check_dropout = pipeline.check_dropout
 
 
 def _dropout(xp: Any, y: Any, p: float, gen: np.random.Generator) -> Any:
@@ -54,27 +35,12 @@ def _linear(xp: Any, x: Any, w: Any) -> Any:
     return xp.matmul(x, xp.matrix_transpose(w))
 
 
-def resolve_attention_config(cfg: Optional[ConvNNConfig]) -> ConvNNConfig:
-    """The config of a convnn_attention call: the paper's dense K=9 layer when None, else a ConvNNConfig."""
-    if cfg is None:
-        return attention_config(9)
-    if not isinstance(cfg, ConvNNConfig):
-        raise TypeError(f"cfg must be a ConvNNConfig, got {type(cfg).__name__}")
-    return cfg
+resolve_attention_config = pipeline.resolve_attention_config
 
 
 def check_attention_taps(xp: Any, x: Any, params: Mapping[str, Any], cfg: ConvNNConfig, d: int) -> None:
     """The convnn_attention checks beyond the projections: taps present and shaped, a token-level config."""
-    if "taps" not in params:
-        raise ValueError("params is missing 'taps'; give [D, K] (depthwise) or [D, D, K] (full)")
-    if cfg.select != "feature" or cfg.aggregate_coords or cfg.padding != 0 or cfg.shuffle_scale != 1:
-        raise ValueError(
-            f"convnn_attention needs select='feature', aggregate_coords=False, padding=0, shuffle_scale=1; got "
-            f"select={cfg.select!r}, aggregate_coords={cfg.aggregate_coords}, padding={cfg.padding}, "
-            f"shuffle_scale={cfg.shuffle_scale} (use convnn_core.attention_config)"
-        )
-    check_float_inputs(xp, x=x, taps=params["taps"])
-    check_taps(cfg.taps, params["taps"], None, d, cfg.k, field="params['taps']")
+    pipeline.check_attention_taps(x, params, cfg, d)
 
 
 def split_heads(xp: Any, t: Any, heads: int) -> Any:
@@ -107,28 +73,10 @@ def convnn_attention(
     params = {wq, wk, wv, wo: [D, D], taps: [D, K] (depthwise) or [D, D, K] (full)}. With K = N,
     self_first False and taps of ones this is exactly softmax attention.
     """
-    cfg = resolve_attention_config(cfg)
-    xp = namespace(x, *[params[k] for k in PROJECTIONS if isinstance(params, Mapping) and k in params])
-    d = check_projections(xp, x, params, heads)
-    check_attention_taps(xp, x, params, cfg, d)
-    active = check_dropout(dropout, train, rng)
-    gen = make_rng(rng) if rng is not None else None
-    b, n, _ = x.shape
-    qh = split_heads(xp, _linear(xp, x, params["wq"]), heads)
-    kh = split_heads(xp, _linear(xp, x, params["wk"]), heads)
-    vh = split_heads(xp, _linear(xp, x, params["wv"]), heads)
-    cand = resolve_candidates(xp, cfg, n, x, batch=b, candidates=candidates, rng=gen)
-    if cand is not None and cand.ndim == 2 and heads > 1:
-        cand = xp.reshape(xp.broadcast_to(cand[:, None, :], (b, heads, cand.shape[-1])), (b * heads, -1))
-    queries = xp.arange(n, dtype=xp.int64, device=device(x))
-    idx, aff = select_ranked(xp, cfg, qh, kh, queries, cand)
-    rho = neighbor_weights(xp, cfg, aff)
-    idx, rho = apply_order(xp, cfg, idx, rho)
-    gathered = aggregate_heads(xp, vh, idx, rho, heads)  # [B, N, K, D]
-    y = apply_taps(xp, cfg.taps, gathered, params["taps"], None)
-    if active:
-        y = _dropout(xp, y, float(dropout), gen)
-    return _linear(xp, y, params["wo"])
+    arrays = [params[k] for k in PROJECTIONS if isinstance(params, Mapping) and k in params]
+    kernels = SpecKernels(namespace(x, *arrays))
+    return pipeline.convnn_attention(kernels, x, params, cfg, heads=heads, dropout=dropout, candidates=candidates,
+                                     rng=rng, train=train)
 
 
 def aggregate_heads(xp: Any, vh: Any, idx: Any, rho: Optional[Any], heads: int) -> Any:

@@ -6,12 +6,10 @@ stable sort over candidate positions breaks ties towards the lower token index.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
-from ._xp import as_index_array, device, is_traced, shape_str
-from .config import ConvNNConfig
 
 RngLike = Union[None, int, np.random.Generator]
 
@@ -50,64 +48,3 @@ def spatial_grid_2d(height: int, width: int, padding: int, num_samples: int) -> 
 def spatial_line(length: int, padding: int, num_samples: int) -> np.ndarray:
     """floor(linspace(0, L-1, num_samples)) + padding: evenly spaced interior tokens of a sequence, distinct."""
     return np.unique(np.floor(np.linspace(0, length - 1, num_samples)).astype(np.int64) + padding)
-
-
-def resolve_candidates(
-    xp: Any,
-    cfg: ConvNNConfig,
-    n_tokens: int,
-    like: Any,
-    *,
-    batch: int,
-    grid: Optional[tuple[int, int]] = None,
-    length: Optional[int] = None,
-    candidates: Any = None,
-    rng: RngLike = None,
-) -> Optional[Any]:
-    """The candidate token indices for one call: None means all tokens, else an int array [S] or [B, S].
-
-    grid=(H, W) marks a 2-D map, length=L a 1-D sequence (both unpadded); explicit `candidates`
-    win over the config's sampling rule and are validated (range, repeats) and sorted.
-    """
-    if candidates is not None:
-        return validate_candidates(xp, candidates, n_tokens, like, batch=batch)
-    if cfg.sampling == "all":
-        return None
-    assert cfg.num_samples is not None  # enforced by ConvNNConfig
-    if cfg.num_samples >= n_tokens:
-        return None
-    if cfg.sampling == "random":
-        if rng is None:
-            raise ValueError(
-                "sampling='random' needs explicit candidates= or an rng= (int seed or numpy Generator); "
-                "none was given"
-            )
-        host = draw_random(n_tokens, cfg.num_samples, rng)
-    elif grid is not None:
-        host = spatial_grid_2d(grid[0], grid[1], cfg.padding, cfg.num_samples)
-    else:
-        host = (spatial_line(length, cfg.padding, cfg.num_samples) if length is not None
-                else spatial_line(n_tokens, 0, cfg.num_samples))
-    return xp.asarray(host, device=device(like))
-
-
-def validate_candidates(xp: Any, candidates: Any, n_tokens: int, like: Any, *, batch: int) -> Any:
-    """Check explicit candidate indices ([S] or [B, S], ints in range, no repeats) and sort them ascending."""
-    cand = as_index_array(xp, candidates, like)
-    if cand.ndim not in (1, 2):
-        raise ValueError(f"candidates has shape {shape_str(cand.shape)}; expected [S] or [B, S] token indices")
-    if cand.ndim == 2 and cand.shape[0] != batch:
-        raise ValueError(f"candidates has shape {shape_str(cand.shape)}; its first dim must be the batch {batch}")
-    if cand.shape[-1] == 0:
-        raise ValueError("candidates is empty; give at least one token index")
-    cand = xp.sort(cand, axis=-1)
-    if not is_traced(cand):
-        lo, hi = int(xp.min(cand)), int(xp.max(cand))
-        if lo < 0 or hi >= n_tokens:
-            raise ValueError(
-                f"candidates holds token index {lo if lo < 0 else hi}; allowed are 0..{n_tokens - 1} "
-                f"(the padded token raster has {n_tokens} tokens)"
-            )
-        if cand.shape[-1] > 1 and bool(xp.any(cand[..., 1:] == cand[..., :-1])):
-            raise ValueError("candidates holds repeated token indices; each candidate may appear once")
-    return cand

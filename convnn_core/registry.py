@@ -1,40 +1,108 @@
-"""Backend registry: lazy loading by name, availability checks without imports, `auto` choice and `explain`."""
+"""Backend registry: plugins found through entry points, availability without imports, the one `auto` policy, `explain`.
+
+A backend registers a `BackendPlugin` under the entry-point group `convnn.backends`; reading the
+plugin imports no framework. `get_backend(name)` loads it; `auto` is decided in `resolve_auto`
+alone, for a purpose ('op' or 'train') and whether the model has ConvNN layers.
+"""
 from __future__ import annotations
 
 import glob
-import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
-from typing import Any, Optional
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+from .kernels import PathChoice, PathRequest
+
+ENTRY_POINT_GROUP = "convnn.backends"
 
 
 class BackendUnavailable(ImportError):
-    """A backend was asked for by name but cannot run here (missing framework or not implemented)."""
+    """A backend was asked for by name but cannot run here (missing framework, device or broken install)."""
 
 
 @dataclass(frozen=True)
-class BackendInfo:
-    """What a backend needs: the module that implements it, the packages it imports, the install extra."""
+class BackendPlugin:
+    """What the registry knows of a backend before importing it.
+
+    requires: import names the backend needs; extra: the pip extra that installs them; devices:
+    'cpu' and/or 'cuda'; trains_convnn: whether it differentiates the ConvNN ops; loader: a
+    zero-import callable `load(**options) -> backend object`; describe_path(request) -> PathChoice
+    says which path an op takes without importing the framework; options: the keyword options
+    `load` accepts; dtype_options: extra load options a dtype needs (jax: float64 needs x64=True).
+    """
 
     name: str
-    module: str
     requires: tuple[str, ...]
     extra: Optional[str]
     summary: str
+    loader: Callable[..., Any]
+    devices: tuple[str, ...] = ("cpu",)
+    trains_convnn: bool = True
+    describe_path: Optional[Callable[[PathRequest], PathChoice]] = field(default=None, compare=False)
+    options: tuple[str, ...] = ()
+    dtype_options: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+
+    def load(self, **options: Any) -> Any:
+        """The backend object (imports the framework)."""
+        return self.loader(**options)
 
 
-BACKENDS: dict[str, BackendInfo] = {
-    "numpy": BackendInfo("numpy", "backends.numpy", ("numpy",), None,
-                         "the spec on NumPy: the float64 oracle (forward only)"),
-    "numba": BackendInfo("numba", "backends.numba", ("numba", "autograd", "threadpoolctl"), "numba",
-                         "Numba-parallel CPU kernels with backward, training through HIPS autograd"),
-    "torch": BackendInfo("torch", "backends.torch", ("torch",), "torch",
-                         "PyTorch on CPU and CUDA, fused Triton kernel on CUDA, nn.Module drop-ins"),
-    "jax": BackendInfo("jax", "backends.jax", ("jax", "optax"), "jax",
-                       "pure jit-able JAX functions on CPU/GPU/TPU"),
+# ----------------------------------------------------------------------------- the one auto policy
+# Which installed backend `auto` takes, by purpose, on a machine without a CUDA GPU. The figures that
+# decided each order come from the shipped benchmarks (README "Benchmarks", 2-core CPU, batch 32).
+CPU_POLICY: dict[str, tuple[tuple[str, ...], str]] = {
+    "op": (("numba", "torch", "jax", "numpy"),
+           "layer benchmark, VGG 32x32 C64 feature/all forward: numba 101 ms, torch 185 ms, jax 207 ms"),
+    "train": (("torch", "jax", "numba", "numpy"),
+              "model benchmark, vgg11 convnn training: torch 61 img/s, jax 34 img/s, numba 17 img/s"),
 }
-AUTO_ORDER = ("torch", "numba", "numpy")
+GPU_POLICY = (("torch", "jax"), "a CUDA GPU is visible: torch runs the fused Triton kernels there")
+PURPOSES = tuple(CPU_POLICY)
+
+
+def _discover() -> dict[str, BackendPlugin]:
+    from importlib.metadata import entry_points
+
+    found: dict[str, BackendPlugin] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        plugin = ep.load()
+        if not isinstance(plugin, BackendPlugin):
+            raise TypeError(f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} gives "
+                            f"{type(plugin).__name__}, not a convnn BackendPlugin")
+        found[plugin.name] = plugin
+    return found
+
+
+class _Plugins(Mapping):
+    """name -> BackendPlugin for every registered backend, read from entry points on first use."""
+
+    def __init__(self) -> None:
+        self._cache: Optional[dict[str, BackendPlugin]] = None
+
+    def _all(self) -> dict[str, BackendPlugin]:
+        if self._cache is None:
+            self._cache = _discover()
+        return self._cache
+
+    def __getitem__(self, name: str) -> BackendPlugin:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        order = CPU_POLICY["op"][0]
+        names = list(self._all())
+        return iter(sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)))
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def refresh(self) -> None:
+        """Read the entry points again (after installing a backend in this process)."""
+        self._cache = None
+
+
+BACKENDS = _Plugins()
 
 
 def _unknown(name: str) -> ValueError:
@@ -45,92 +113,137 @@ def backend_status(name: str) -> tuple[bool, str]:
     """(can run, why not) for a backend, found without importing any framework."""
     if name not in BACKENDS:
         raise _unknown(name)
-    info = BACKENDS[name]
-    missing = [pkg for pkg in info.requires if importlib.util.find_spec(pkg) is None]
+    plugin = BACKENDS[name]
+    missing = [pkg for pkg in plugin.requires if importlib.util.find_spec(pkg) is None]
     if missing:
-        extra = f"pip install 'convnn[{info.extra}]'" if info.extra else "pip install numpy"
+        extra = f"pip install 'convnn[{plugin.extra}]'" if plugin.extra else f"pip install {' '.join(missing)}"
         return False, f"missing {', '.join(missing)}; install with {extra}"
-    try:
-        spec = importlib.util.find_spec(info.module)
-    except ModuleNotFoundError:
-        spec = None
-    if spec is None:
-        return False, f"not implemented in this version (no module {info.module})"
     return True, "installed"
 
 
 def available_backends() -> list[str]:
-    """Names of the backends whose frameworks are installed and which are implemented."""
+    """Names of the backends whose frameworks are installed."""
     return [name for name in BACKENDS if backend_status(name)[0]]
 
 
-def _cuda_available() -> tuple[bool, str]:
+def cuda_visible() -> tuple[bool, str]:
+    """Whether a CUDA GPU is usable by torch, found without importing torch when there is no NVIDIA device node."""
+    if "torch" not in BACKENDS:
+        return False, "no backend with CUDA support is registered"
     ok, why = backend_status("torch")
     if not ok:
         return False, why
     if not glob.glob("/dev/nvidia[0-9]*") and not os.environ.get("CONVNN_PROBE_CUDA"):
-        # no NVIDIA device node: skip importing torch just to learn that (set CONVNN_PROBE_CUDA=1 to force)
-        return False, "installed, but this machine has no NVIDIA GPU (auto prefers torch only on a GPU)"
+        return False, "this machine has no NVIDIA GPU"
     import torch
 
     if torch.cuda.is_available():
         return True, f"CUDA device {torch.cuda.get_device_name(0)}"
-    return False, "installed, but no CUDA GPU is visible (auto prefers torch only on a GPU)"
+    return False, "no CUDA GPU is visible to torch"
 
 
-def resolve_auto() -> tuple[str, list[tuple[str, str]]]:
-    """The backend 'auto' picks and, for each backend passed over, why."""
+@dataclass(frozen=True)
+class AutoChoice:
+    """What `auto` picked, on which device, the policy line that decided it, and why each other backend lost."""
+
+    name: str
+    device: str
+    reason: str
+    passed_over: tuple[tuple[str, str], ...]
+
+
+def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True) -> AutoChoice:
+    """The one `auto` policy: torch (then jax) on a visible CUDA GPU, else the CPU order of CPU_POLICY[purpose].
+
+    For purpose='train' with ConvNN layers a backend that runs them forward only is passed over.
+    """
+    if purpose not in CPU_POLICY:
+        raise ValueError(f"purpose={purpose!r} is not allowed; choose one of {', '.join(PURPOSES)}")
     passed: list[tuple[str, str]] = []
-    cuda, why = _cuda_available()
+    cuda, cuda_why = cuda_visible()
     if cuda:
-        return "torch", passed
-    passed.append(("torch", why))
-    for name in AUTO_ORDER[1:]:
+        order, reason, device = GPU_POLICY[0], GPU_POLICY[1], "cuda"
+        order = order + tuple(n for n in CPU_POLICY[purpose][0] if n not in order)
+    else:
+        order, reason, device = CPU_POLICY[purpose][0], CPU_POLICY[purpose][1], "cpu"
+        reason = f"no CUDA GPU ({cuda_why}); {reason}"
+    chosen: Optional[str] = None
+    for name in list(order) + [n for n in BACKENDS if n not in order]:
+        if name not in BACKENDS:
+            continue
+        if chosen is not None:
+            passed.append((name, "lower in the auto order"))
+            continue
         ok, why = backend_status(name)
+        plugin = BACKENDS[name]
+        if ok and device not in plugin.devices:
+            ok, why = False, f"does not run on {device}"
+        if ok and purpose == "train" and uses_convnn and not plugin.trains_convnn:
+            ok, why = False, "runs the ConvNN ops forward only (cannot train ConvNN layers)"
         if ok:
-            return name, passed
-        passed.append((name, why))
-    raise BackendUnavailable("no backend can run: " + "; ".join(f"{n}: {w}" for n, w in passed))
+            chosen = name
+        else:
+            passed.append((name, why))
+    if chosen is None:
+        raise BackendUnavailable("no backend can run: " + "; ".join(f"{n}: {w}" for n, w in passed))
+    if device == "cuda" and "cuda" not in BACKENDS[chosen].devices:
+        device = "cpu"
+    return AutoChoice(chosen, device, reason, tuple(passed))
 
 
 def get_backend(name: str = "auto", **options: Any) -> Any:
-    """The backend object for `name` ('numpy', 'numba', 'torch', 'jax' or 'auto'), imported on first use.
+    """The backend object for `name` (a registered backend or 'auto'), imported on first use.
 
-    Raises BackendUnavailable naming the missing packages and the install extra; never falls back.
+    Raises BackendUnavailable naming the missing packages and the install extra, or the import error of a
+    broken install; never falls back to another backend.
     """
     if not isinstance(name, str):
         raise TypeError(f"backend name must be a str, got {type(name).__name__}")
     if name == "auto":
-        name, _ = resolve_auto()
+        choice = resolve_auto("op")
+        name = choice.name
+        if choice.device == "cuda" and "device" not in options:
+            options = {**options, "device": "cuda"}
     ok, why = backend_status(name)
     if not ok:
         raise BackendUnavailable(f"backend {name!r} cannot run: {why}")
-    # load() runs on every call: it is cheap, and options with side effects (threads, x64) take effect each time
-    return importlib.import_module(BACKENDS[name].module).load(**options)
+    try:
+        return BACKENDS[name].load(**options)
+    except ImportError as err:
+        if isinstance(err, BackendUnavailable):
+            raise
+        raise BackendUnavailable(f"backend {name!r} is installed but fails to import: "
+                                 f"{type(err).__name__}: {err}") from err
 
 
-def explain(op: str = "convnn2d", backend: str = "auto") -> str:
-    """Which backend would run `op` and why each other backend was passed over (one line each)."""
+def explain(op: str = "convnn2d", config: Any = None, backend: str = "auto", *, purpose: str = "op",
+            dtype: str = "float32", device: Optional[str] = None) -> str:
+    """Which backend and which path would run `op` for `config`, and why each alternative was passed over."""
     lines = []
     if backend == "auto":
         try:
-            chosen, passed = resolve_auto()
+            choice = resolve_auto(purpose)
         except BackendUnavailable as err:
             return f"{op}: nothing can run ({err})"
-        lines.append(f"{op}: runs on {chosen!r} (auto order: torch with CUDA, then numba, then numpy)")
-        for name, why in passed:
-            lines.append(f"  passed over {name!r}: {why}")
-        for name in BACKENDS:
-            if name != chosen and name not in dict(passed):
-                lines.append(f"  passed over {name!r}: lower in the auto order")
-        return "\n".join(lines)
-    ok, why = backend_status(backend)
-    if ok:
-        lines.append(f"{op}: runs on {backend!r} (asked for by name)")
+        name, dev = choice.name, device or choice.device
+        lines.append(f"{op}: runs on {name!r} ({dev}); auto policy for {purpose!r}: {choice.reason}")
+        passed = list(choice.passed_over)
     else:
-        lines.append(f"{op}: {backend!r} cannot run: {why}")
-    for name in BACKENDS:
-        if name != backend:
-            other_ok, other_why = backend_status(name)
-            lines.append(f"  {name!r}: {'available, not asked for' if other_ok else other_why}")
+        if backend not in BACKENDS:
+            raise _unknown(backend)
+        ok, why = backend_status(backend)
+        if not ok:
+            return f"{op}: {backend!r} cannot run: {why}"
+        name, dev = backend, device or "cpu"
+        lines.append(f"{op}: runs on {name!r} ({dev}); asked for by name")
+        passed = [(n, "available, not asked for" if backend_status(n)[0] else backend_status(n)[1])
+                  for n in BACKENDS if n != backend]
+    plugin = BACKENDS[name]
+    if plugin.describe_path is not None and config is not None:
+        path = plugin.describe_path(PathRequest(op, config, dtype, dev))
+        lines.append(f"  path: {path.path}")
+        for other, why in path.passed_over:
+            lines.append(f"  path passed over {other}: {why}")
+    for other, why in passed:
+        lines.append(f"  backend passed over {other!r}: {why}")
     return "\n".join(lines)

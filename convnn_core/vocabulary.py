@@ -25,7 +25,7 @@ VOCABULARY = CONVNN_OPS + ATTENTION_OPS + NN_OPS + ARRAY_OPS + TRAINING_OPS
 
 @runtime_checkable
 class Backend(Protocol):
-    """What `convnn_core.get_backend(name)` returns. Every method is functional (no hidden state)."""
+    """What `convnn.get_backend(name)` returns. Every method is functional (no hidden state)."""
 
     name: str  # "numpy", "numba", "torch" or "jax"
     xp: Any  # the Array API namespace of its arrays

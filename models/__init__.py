@@ -5,6 +5,6 @@ Models are written once against the backend vocabulary (convnn_core/vocabulary.p
 `params, state = model.init(seed)` and `logits, state = model.apply(params, state, x, train=..., rng=...)`.
 """
 from .base import Model
-from .registry import MODELS, create_model, list_models, model_defaults
+from .registry import MODELS, create_model, list_models, model_defaults, model_uses_convnn
 
-__all__ = ["Model", "MODELS", "create_model", "list_models", "model_defaults"]
+__all__ = ["Model", "MODELS", "create_model", "list_models", "model_defaults", "model_uses_convnn"]

@@ -38,6 +38,16 @@ class Model:
     def state_specs(self) -> dict[str, ParamSpec]:
         return {}
 
+    @property
+    def uses_convnn(self) -> bool:
+        """Whether this model has ConvNN layers (a backend that runs them forward only cannot train it)."""
+        raise NotImplementedError
+
+    @property
+    def train_rng_draws(self) -> int:
+        """How many RNG keys one training call splits from its rng (dropout, random sampling); 0: none needed."""
+        return 0
+
     def num_params(self) -> int:
         """Number of trainable parameters, from shapes alone."""
         return count(self.param_specs())
@@ -60,8 +70,9 @@ class Model:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ randomness helpers
-    def _keys(self, rng: Any, n: int, train: bool) -> Iterator[Any]:
-        """n backend RNG keys for the random layers of one training call (None everywhere in evaluation)."""
+    def _keys(self, rng: Any, train: bool) -> Iterator[Any]:
+        """The train_rng_draws backend RNG keys of one training call (None everywhere in evaluation)."""
+        n = self.train_rng_draws
         if not train or n == 0:
             return iter([None] * n)
         if rng is None:
@@ -76,7 +87,7 @@ class Model:
             return None
         key = (layer, n_tokens)
         if key not in self._eval_candidates:
-            from convnn_core.candidates import draw_random
+            from convnn.candidates import draw_random
 
             seed = [int(self.options.get("eval_seed", 0)), zlib.crc32(layer.encode("utf-8"))]
             self._eval_candidates[key] = draw_random(n_tokens, num_samples, np.random.default_rng(seed))

@@ -1,4 +1,4 @@
-"""`convnn train` and `convnn eval`: the zoo's command line (registered into convnn_core.cli)."""
+"""`convnn train` and `convnn eval`: the zoo's command line (registered into convnn.cli)."""
 from __future__ import annotations
 
 import argparse
@@ -26,8 +26,9 @@ examples:
   convnn train --model vit_tiny_cifar --option attention=convnn --option sampling=random \\
       --dataset cifar10 --data-dir DIR --subset 5000 --epochs 5 --lr 5e-4
   convnn train --resume runs/RUN                           # continue a run after a crash
-backend 'auto' (training): torch on a CUDA GPU, else numba, else torch on the CPU, else jax,
-else numpy (models without ConvNN layers only; the numpy ConvNN ops are forward only).
+backend 'auto' (training) is the registry's one policy for purpose 'train': a backend that runs the
+ConvNN ops forward only is passed over for models with ConvNN layers. `convnn explain --purpose train`
+prints which backend it picks here and why each other one was passed over.
 """
 
 
@@ -57,7 +58,7 @@ def _add_train(sub: Any) -> None:
                                     "num_samples=64, attention=convnn, width=0.25, head=light; repeatable")
     p.add_argument("--model", help="zoo model: vgg11, vgg13, vgg16, vgg19, vit_tiny (224 px, patch 16), "
                                    "vit_tiny_cifar (32 px, patch 4)")
-    p.add_argument("--backend", help="numba, torch, jax, numpy or auto (default auto, see below)")
+    p.add_argument("--backend", help="a registered backend (convnn info lists them) or auto (default auto, see below)")
     p.add_argument("--dataset", help="sample (the embedded 3,000 CIFAR-10 images), cifar10, cifar100, fashion_mnist")
     p.add_argument("--data-dir", help="folder holding the dataset (e.g. cifar-10-batches-py/ or the .tar.gz); "
                                       "default $CONVNN_DATA, then ~/.cache/convnn/data")
@@ -85,7 +86,8 @@ def _add_train(sub: Any) -> None:
                                             "dropout and sampling")
     p.add_argument("--dtype", choices=("float32", "float64"), help="parameter and activation dtype")
     p.add_argument("--compile", choices=("auto", "on", "off"),
-                   help="compile the step with backend.compile (auto: only on jax)")
+                   help="compile the step with backend.compile (auto: where the backend compiles by default, "
+                        "capabilities.compile_by_default)")
     p.add_argument("--out-dir", help="parent folder of runs (default runs/)")
     p.add_argument("--run-name", help="run folder name (default MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--checkpoint-every", type=int, help="also save the 'last' checkpoint every N steps")
@@ -155,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg, resume = build_train_config(args)
         Trainer(cfg, resume=resume).run()
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, NotImplementedError) as err:
         print(f"convnn train: error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -168,7 +170,8 @@ def _add_eval(sub: Any) -> None:
                                    "split are rebuilt from the checkpoint's config; the backend may differ from the "
                                    "one that trained it.")
     p.add_argument("checkpoint", help="a .safetensors checkpoint, or a run folder")
-    p.add_argument("--backend", default="auto", help="numba, torch, jax, numpy or auto (default auto)")
+    p.add_argument("--backend", default="auto",
+                   help="a registered backend (convnn info lists them) or auto (default: the training policy)")
     p.add_argument("--split", choices=("val", "test", "train"), default="val",
                    help="val: the run's validation split (default); test: the official test split (an error if "
                         "missing); train: the run's training images")
@@ -193,6 +196,7 @@ def run_eval(checkpoint: str, backend_name: str = "auto", split: str = "val", da
     from .registry import create_model
     from .train.checkpoint import load_checkpoint
     from .train.evaluate import evaluate
+    from .train.backend_choice import resolve_training_backend
     from .train.loop import restore_tree
 
     path = Path(checkpoint)
@@ -205,15 +209,8 @@ def run_eval(checkpoint: str, backend_name: str = "auto", split: str = "val", da
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype={dtype!r} is not allowed; choose float32 or float64")
         options["dtype"] = dtype
-    if backend_name == "auto":
-        from .train.backend_choice import resolve_training_backend
-
-        backend_name = resolve_training_backend("auto", model_cfg["name"], options)[0].name
-    from convnn_core.registry import get_backend
-
-    # jax computes in float64 only with 64-bit mode on
-    x64 = {"x64": True} if backend_name == "jax" and options.get("dtype") == "float64" else {}
-    backend = get_backend(backend_name, **x64)
+    backend, _ = resolve_training_backend(backend_name, model_cfg["name"], options,
+                                          dtype=options.get("dtype", "float32"), train=False)
     model = create_model(model_cfg["name"], backend=backend, num_classes=model_cfg["num_classes"], **options)
     params = restore_tree(ckpt.groups["params"], model.param_specs(), backend, model.dtype, "params")
     state = restore_tree(ckpt.groups["state"], model.state_specs(), backend, model.dtype, "state")

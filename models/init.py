@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from convnn_core.tree import unflatten
+from convnn.tree import unflatten
 
 INIT_KINDS = ("uniform_fan_in", "ones", "zeros", "normal")
 

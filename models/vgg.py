@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from convnn_core.config import ConvNNConfig
+from convnn.config import ConvNNConfig
 
 from . import _arrays as A
 from . import options as opt
@@ -42,6 +42,11 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "eval_seed": 0,
 }
+
+
+def uses_convnn(name: str, options: dict[str, Any]) -> bool:
+    """Whether VGG `name` with these options has ConvNN layers (layer convnn or branching)."""
+    return opt.choice(name, "layer", {**DEFAULTS, **options}["layer"], LAYERS) != "conv"
 
 
 class VGG(Model):
@@ -129,11 +134,24 @@ class VGG(Model):
                 specs[f"features.{i}.bn.var"] = ones((v,))
         return specs
 
+    # ------------------------------------------------------------------ what the model needs
+    @property
+    def uses_convnn(self) -> bool:
+        return self.options["layer"] != "conv"
+
+    @property
+    def train_rng_draws(self) -> int:
+        """One key per randomly sampled ConvNN layer, then one per dropout of the paper's head."""
+        return self._random_layers() + self._head_random()
+
     # ------------------------------------------------------------------ forward
     def _random_layers(self) -> int:
         if self.cfg.sampling != "random" or self.options["layer"] == "conv":
             return 0
         return sum(1 for v in self.plan if v != "M")
+
+    def _head_random(self) -> int:
+        return 2 if self.options["head"] == "paper" and self.options["dropout"] > 0 else 0
 
     def _convnn(self, p: Any, x: Any, path: str, key: Any, train: bool) -> Any:
         kw: dict[str, Any] = {}
@@ -173,8 +191,8 @@ class VGG(Model):
         ops = self.backend
         if len(x.shape) != 4 or x.shape[1] != self.options["in_chans"]:
             raise ValueError(f"{self.name}: x has shape {tuple(x.shape)}; expected [B, {self.options['in_chans']}, H, W]")
-        head_random = 2 if self.options["head"] == "paper" and self.options["dropout"] > 0 else 0
-        keys = self._keys(rng, self._random_layers() + head_random, train)
+        head_random = self._head_random()
+        keys = self._keys(rng, train)
         sampled = self._random_layers() > 0
         features: dict[str, Any] = {}
         for i, v in enumerate(self.plan):

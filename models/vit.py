@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from convnn_core.config import attention_config
+from convnn.config import attention_config
 
 from . import _arrays as A
 from . import options as opt
@@ -19,6 +19,7 @@ from .init import ParamSpec, normal, ones, uniform, zeros
 
 ATTENTIONS = ("attention", "convnn", "kvt", "local", "sparse-local", "sparse-strided", "branching")
 PROJECTIONS = ("wq", "wk", "wv", "wo")
+CONVNN_ATTENTIONS = ("convnn", "branching")  # the attentions built on the ConvNN ops
 
 DEFAULTS: dict[str, Any] = {
     "attention": "attention",  # attention | convnn | kvt | local | sparse-local | sparse-strided | branching
@@ -54,6 +55,11 @@ def sinusoid_table(n_tokens: int, dim: int) -> np.ndarray:
     return table
 
 
+def uses_convnn(name: str, options: dict[str, Any]) -> bool:
+    """Whether ViT `name` with these options has ConvNN layers (attention convnn or branching)."""
+    return opt.choice(name, "attention", {**DEFAULTS, **options}["attention"], ATTENTIONS) in CONVNN_ATTENTIONS
+
+
 class ViT(Model):
     """A pre-norm ViT on NCHW images; the attention of every block is chosen by `attention`."""
 
@@ -87,7 +93,7 @@ class ViT(Model):
                 if width and width % o["heads"]:
                     raise ValueError(f"model {name!r}: heads={o['heads']} must divide both branch widths "
                                      f"{self.d1} and {o['dim'] - self.d1} (ratio={o['ratio']})")
-        if o["attention"] in ("convnn", "branching"):
+        if o["attention"] in CONVNN_ATTENTIONS:
             try:
                 self.cfg = attention_config(o["k"], sampling=o["sampling"],
                                             num_samples=None if o["sampling"] == "all" else o["num_samples"],
@@ -102,6 +108,20 @@ class ViT(Model):
         if o["attention"] == "kvt" and o["k"] > self.n_tokens:
             raise ValueError(f"model {name!r}: k={o['k']} is larger than the {self.n_tokens} tokens")
         self._pos: Any = None
+
+    # ------------------------------------------------------------------ what the model needs
+    @property
+    def uses_convnn(self) -> bool:
+        return self.options["attention"] in CONVNN_ATTENTIONS
+
+    def _per_block_draws(self) -> int:
+        """Keys per block: one for attention (dropout or random sampling), three for the dropouts."""
+        o = self.options
+        return (1 if (o["attention_dropout"] > 0 or o["sampling"] == "random") else 0) + (3 if o["dropout"] > 0 else 0)
+
+    @property
+    def train_rng_draws(self) -> int:
+        return self._per_block_draws() * self.options["depth"]
 
     # ------------------------------------------------------------------ parameters
     def _attention_specs(self, prefix: str) -> dict[str, ParamSpec]:
@@ -200,9 +220,9 @@ class ViT(Model):
             raise ValueError(f"{self.name}: x has shape {tuple(x.shape)}; expected [B, {o['in_chans']}, {size}, "
                              f"{size}] (resize the images to image_size={size})")
         b, d, depth = x.shape[0], o["dim"], o["depth"]
-        drop, attn_drop = o["dropout"], o["attention_dropout"]
-        per_block = (1 if (attn_drop > 0 or o["sampling"] == "random") else 0) + (3 if drop > 0 else 0)
-        keys = self._keys(rng, per_block * depth, train)
+        drop = o["dropout"]
+        per_block = self._per_block_draws()
+        keys = self._keys(rng, train)
         t = ops.conv2d(x, params["patch"]["weight"], params["patch"]["bias"], stride=o["patch_size"], padding=0)
         t = A.permute_dims(A.reshape(t, (b, d, self.n_tokens - 1)), (0, 2, 1))
         t = ops.layer_norm(t, params["patch_norm"]["gamma"], params["patch_norm"]["beta"])

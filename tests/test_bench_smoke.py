@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from bench import cost
-from bench.sweep import fit_slope
-from bench.timing import PeakMemory, time_call
-from convnn_core import ConvNNConfig, attention_config, convnn2d, convnn_attention, multihead_attention
-from convnn_core.cli import main as convnn_main
+from convnn.bench import cost
+from convnn.bench.sweep import fit_slope
+from convnn.bench.timing import PeakMemory, time_call
+from convnn import ConvNNConfig, attention_config, convnn2d, convnn_attention, multihead_attention
+from convnn.cli import main as convnn_main
 
 torch = pytest.importorskip("torch")
 
@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(autouse=True)
 def _restore_threads():
     """The bench fixes thread counts process-wide; give the rest of the suite its settings back."""
-    from bench.threads import restore_thread_state, snapshot_thread_state
+    from convnn.bench.threads import restore_thread_state, snapshot_thread_state
 
     state = snapshot_thread_state()
     yield
@@ -33,7 +33,7 @@ def _restore_threads():
     ("position", "euclidean", "position"), ("blend", "cosine", "rank"),
 ])
 def test_reference_convnn2d_matches_the_spec_dense(select, metric, order):
-    from bench.reference import reference_convnn2d
+    from convnn.bench.reference import reference_convnn2d
 
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((2, 5, 6, 7)), rng.standard_normal((4, 5, 9)), rng.standard_normal(4)
@@ -44,7 +44,7 @@ def test_reference_convnn2d_matches_the_spec_dense(select, metric, order):
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_reference_convnn2d_matches_the_spec_with_fixed_candidates(metric):
-    from bench.reference import reference_convnn2d
+    from convnn.bench.reference import reference_convnn2d
 
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((2, 5, 6, 7)), rng.standard_normal((4, 5, 9)), rng.standard_normal(4)
@@ -57,7 +57,7 @@ def test_reference_convnn2d_matches_the_spec_with_fixed_candidates(metric):
 
 
 def test_reference_attention_and_sdpa_match_the_spec():
-    from bench.reference import reference_convnn_attention, sdpa_attention
+    from convnn.bench.reference import reference_convnn_attention, sdpa_attention
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 11, 8))
@@ -73,7 +73,7 @@ def test_reference_attention_and_sdpa_match_the_spec():
 
 
 def test_reference_sampled_paths_run_and_differentiate():
-    from bench.reference import reference_convnn2d, reference_convnn_attention
+    from convnn.bench.reference import reference_convnn2d, reference_convnn_attention
 
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     w = torch.randn(3, 4, 9, requires_grad=True)
@@ -123,7 +123,7 @@ def test_peak_memory_sees_a_large_temporary():
 
 
 def test_oracle_is_skipped_unless_asked_for():
-    from bench.context import CommonOptions, BenchContext, choose_backends
+    from convnn.bench.context import CommonOptions, BenchContext, choose_backends
 
     ctx = BenchContext(CommonOptions())
     chosen = choose_backends(CommonOptions(), ctx)
@@ -135,10 +135,10 @@ def test_oracle_is_skipped_unless_asked_for():
 
 
 def test_an_interrupted_layer_run_keeps_the_rows_measured(monkeypatch):
-    import bench.layer
-    from bench.context import CommonOptions
+    from convnn.bench import layer as bench_layer
+    from convnn.bench.context import CommonOptions
 
-    real = bench.layer.measure_contender
+    real = bench_layer.measure_contender
     calls = []
 
     def stop_on_third(*args, **kwargs):
@@ -147,9 +147,9 @@ def test_an_interrupted_layer_run_keeps_the_rows_measured(monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench.layer, "measure_contender", stop_on_third)
+    monkeypatch.setattr(bench_layer, "measure_contender", stop_on_third)
     options = CommonOptions(backends=["numpy"], repeats=1, threads=1, memory=False, quick=True)
-    report = bench.layer.run_layer_bench(options, shapes="quick", progress=False)
+    report = bench_layer.run_layer_bench(options, shapes="quick", progress=False)
     assert report["interrupted"] is True and len(report["rows"]) == 2
     assert all(r["fwd_ms"] > 0 for r in report["rows"])
 
@@ -173,7 +173,7 @@ def _table_header(markdown: str, first_columns: str) -> list[str]:
 
 
 def test_bench_layer_quick_writes_json_markdown_and_plot(tmp_path, capsys):
-    from bench.report import LAYER_COLUMNS
+    from convnn.bench.report import LAYER_COLUMNS
 
     rc = convnn_main(["bench", "layer", "--quick", "--backends", "numpy", "--threads", "1", "--out", str(tmp_path)])
     assert rc == 0
@@ -202,7 +202,7 @@ def test_bench_layer_quick_writes_json_markdown_and_plot(tmp_path, capsys):
 
 
 def test_bench_sweep_quick_fits_slopes_and_plots(tmp_path):
-    from bench.report import SWEEP_COLUMNS
+    from convnn.bench.report import SWEEP_COLUMNS
 
     rc = convnn_main(["bench", "sweep", "--quick", "--axes", "N,candidates", "--backends", "numpy",
                       "--threads", "1", "--out", str(tmp_path)])
@@ -217,7 +217,7 @@ def test_bench_sweep_quick_fits_slopes_and_plots(tmp_path):
 
 
 def test_bench_model_quick_reports_each_model_and_backend(tmp_path):
-    from bench.report import MODEL_COLUMNS
+    from convnn.bench.report import MODEL_COLUMNS
 
     rc_args = ["bench", "model", "--quick", "--backends", "numpy", "--models", "vgg11 conv,vit-tiny/4 attention",
                "--threads", "1", "--out", str(tmp_path)]

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from convnn_core.registry import BACKENDS, backend_status
-from conformance.results import PASS
-from conformance.runner import load_entry, run_suite
+from convnn.registry import BACKENDS, backend_status
+from convnn.conformance.results import PASS
+from convnn.conformance.runner import load_entry, run_suite
 
 DTYPES = ("float64", "float32")
 
@@ -76,7 +76,7 @@ MODEL_SMOKE = ("fwd-vit-convnn-float64", "fwd-vit-attention-float32", "step-vit-
 @pytest.mark.parametrize("name", [n for n in BACKENDS if n != "numpy"])
 def test_backend_model_forward_and_training_step(name):
     """Levels 4 and 5 on two small zoo models (the CLI and the slow test run every model and level 6)."""
-    from conformance.model_levels import zoo
+    from convnn.conformance.model_levels import zoo
 
     if zoo() is None:
         pytest.skip("the model zoo (models.create_model) is absent")
@@ -90,7 +90,7 @@ def test_backend_model_forward_and_training_step(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in BACKENDS if n != "numpy"])
 def test_backend_model_levels_4_to_6(name):
-    from conformance.model_levels import zoo
+    from convnn.conformance.model_levels import zoo
 
     if zoo() is None:
         pytest.skip("the model zoo (models.create_model) is absent")
@@ -100,28 +100,42 @@ def test_backend_model_levels_4_to_6(name):
 
 
 class _DeclaresBfloat16:
-    """The torch backend declaring bfloat16 through the optional `supported_dtypes` attribute."""
-
-    supported_dtypes = ("float32", "bfloat16")
+    """A backend that declares bfloat16 (and float32 only) in its capabilities."""
 
     def __init__(self, base):
+        import dataclasses
+
         self._base = base
-        self.name = "torch-bfloat16"
+        self.name = f"{base.name}-bfloat16"
+        self.capabilities = dataclasses.replace(base.capabilities, dtypes=("float32", "bfloat16"))
 
     def __getattr__(self, item):
         return getattr(self._base, item)
 
 
-def test_bfloat16_cases_run_where_a_backend_declares_them():
-    from conformance.dtypes import backend_dtypes
-    from conformance.runner import BackendEntry
+def test_bfloat16_cases_run_only_where_a_backend_declares_them():
+    from convnn.conformance.dtypes import backend_dtypes
+    from convnn.conformance.results import NOT_AVAILABLE
+    from convnn.conformance.runner import BackendEntry
 
-    base = _entry("torch")
-    wrapped = _DeclaresBfloat16(base.backend)
+    numpy = load_entry("numpy", ("bfloat16",))
+    assert "bfloat16" not in numpy.dtypes  # numpy declares none: n/a, not run
+    wrapped = _DeclaresBfloat16(numpy.backend)
     assert backend_dtypes(wrapped) == ("float32", "bfloat16")
-    assert "bfloat16" not in load_entry("numpy", ("bfloat16",)).dtypes  # numpy declares none: n/a, not run
-    entry = BackendEntry(wrapped.name, wrapped, "declares bfloat16", ("bfloat16",))
-    report = run_suite([entry], levels=(1, 3), dtypes=("bfloat16",), full=False,
+    pick = lambda c: c.id.startswith(("tie-", "id-conv3x3-0"))  # noqa: E731
+    skipped = run_suite([numpy], levels=(1,), dtypes=("bfloat16",), full=False, case_filter=pick)
+    assert {r.status for r in skipped.results} == {NOT_AVAILABLE} and "capabilities.dtypes" in skipped.results[0].detail
+    ran = run_suite([BackendEntry(wrapped.name, wrapped, "declares bfloat16", ("bfloat16",))], levels=(1,),
+                    dtypes=("bfloat16",), full=False, case_filter=pick)
+    assert ran.results and all(r.dtype == "bfloat16" and "capabilities.dtypes" not in r.detail for r in ran.results)
+
+
+def test_bfloat16_cases_pass_where_a_backend_declares_them():
+    entries = [load_entry(n, ("bfloat16",)) for n in BACKENDS if backend_status(n)[0]]
+    declaring = [e for e in entries if e.available and "bfloat16" in e.dtypes]
+    if not declaring:
+        pytest.skip("no backend here declares bfloat16 (torch does on CUDA)")
+    report = run_suite(declaring, levels=(1, 3), dtypes=("bfloat16",), full=False,
                        case_filter=lambda c: c.id.startswith(("tie-", "id-conv3x3-0", "map-01", "att-05")))
     assert len(report.results) >= 10 and {r.dtype for r in report.results} == {"bfloat16"}
     assert not report.failures, [(r.case, r.detail) for r in report.failures]

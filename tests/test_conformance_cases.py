@@ -6,12 +6,12 @@ import itertools
 import numpy as np
 import pytest
 
-from conformance.cases import level1_cases, level2_cases, level3_cases, make_inputs
-from conformance.levels import oracle_self_check
-from conformance.oracle import oracle_forward
-from conformance.pairwise import all_pairs
-from conformance.selection import selection_margin
-from conformance.tolerances import SELECTION_MARGIN, TOLERANCES, compare, compare_exact, tolerance_for
+from convnn.conformance.cases import level1_cases, level2_cases, level3_cases, make_inputs
+from convnn.conformance.levels import oracle_self_check
+from convnn.conformance.oracle import oracle_forward
+from convnn.conformance.pairwise import all_pairs
+from convnn.conformance.selection import selection_margin
+from convnn.conformance.tolerances import SELECTION_MARGIN, TOLERANCES, compare, compare_exact, tolerance_for
 
 
 def test_all_pairs_covers_every_pair_and_is_deterministic():
@@ -57,7 +57,7 @@ def test_generated_cases_cover_every_option_of_spec_section_3():
 
 
 def test_some_case_selects_every_candidate():
-    from conformance.selection import candidate_count
+    from convnn.conformance.selection import candidate_count
 
     cases = [c for c in level1_cases(("float64",), full=False) if "generated" in c.tags]
     assert any(c.cfg.k == candidate_count(c, make_inputs(c)) and c.cfg.k > 1 for c in cases)

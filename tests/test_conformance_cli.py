@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from convnn_core.cli import main
-from conformance import runner
-from conformance.cli import parse_dtypes, parse_levels
-from conformance.report import format_console, format_markdown
+from convnn.cli import main
+from convnn.conformance import runner
+from convnn.conformance.cli import parse_dtypes, parse_levels
+from convnn.conformance.report import format_console, format_markdown
 
 
 def test_cli_runs_writes_reports_and_exits_zero(tmp_path, capsys):
@@ -53,3 +53,54 @@ def test_level_and_dtype_parsing():
     assert parse_dtypes("all") == ("float64", "float32", "bfloat16", "float16")
     with pytest.raises(ValueError, match="--level"):
         parse_levels("x")
+
+
+def _no_cuda():
+    from convnn.registry import cuda_visible
+
+    if cuda_visible()[0]:
+        pytest.skip("a CUDA GPU is visible: --device cuda can run here")
+
+
+@pytest.mark.parametrize("backends", [["--backends", "numpy"], ["--backends", "torch"], []])
+def test_device_cuda_without_a_gpu_fails_instead_of_running_elsewhere(backends, capsys):
+    _no_cuda()
+    code = main(["conformance", *backends, "--device", "cuda", "--level", "1", "--quick", "--case", "tie-dot-rank",
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code != 0, captured.out
+    assert "cuda" in captured.err and ("cannot run" in captured.err or "no backend can run" in captured.err)
+    assert "PASS" not in [line.split()[-1] for line in captured.out.splitlines() if line.startswith("  1 op forward")]
+
+
+def test_a_backend_that_rejects_the_device_is_unavailable_with_its_error():
+    _no_cuda()
+    entry = runner.load_entry("numpy", ("float64",), device="cuda")
+    assert not entry.available and "cpu only" in entry.reason and "cuda" in entry.reason
+    from convnn.registry import BACKENDS, backend_status
+
+    multi = [n for n, p in BACKENDS.items() if "cuda" in p.devices and backend_status(n)[0]]
+    for name in multi:
+        entry = runner.load_entry(name, ("float64",), device="cuda")
+        assert not entry.available, f"{name} claims to run on cuda without a GPU"
+        assert entry.options.get("device") == "cuda"  # asked with the device, never retried without it
+
+
+def test_load_options_come_from_the_plugin(monkeypatch):
+    from convnn import registry
+
+    plugin = registry.BACKENDS["numpy"]
+    assert runner.load_options_for("numpy", "float64") == dict(getattr(plugin, "dtype_options", {}) or {}).get(
+        "float64", {})
+
+    class WithOptions:
+        def __getattr__(self, item):
+            return getattr(plugin, item)
+
+        dtype_options = {"float64": {"x64": True}}
+
+    monkeypatch.setattr(registry.BACKENDS, "_cache", {**registry.BACKENDS._all(), "numpy": WithOptions()})
+    assert runner.load_options_for("numpy", "float64") == {"x64": True}
+    assert runner.load_options_for("numpy", "float32") == {}
+    with pytest.raises(ValueError, match="unknown"):
+        runner.load_options_for("nope", "float64")

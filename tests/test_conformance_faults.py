@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.faults import FAULTS, fault_entry
-from conformance.report import format_console
-from conformance.runner import run_suite
+from convnn.conformance.faults import FAULTS, fault_entry
+from convnn.conformance.report import format_console
+from convnn.conformance.runner import run_suite
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import model_levels
-from conformance.faults import fault_entry
-from conformance.results import NOT_AVAILABLE, PASS
-from conformance.runner import BackendEntry, load_entry, run_suite
+from convnn.conformance import model_levels
+from convnn.conformance.faults import fault_entry
+from convnn.conformance.results import NOT_AVAILABLE, PASS
+from convnn.conformance.runner import BackendEntry, load_entry, run_suite
 
 pytestmark = pytest.mark.skipif(model_levels.zoo() is None, reason="the model zoo (models.create_model) is absent")
 
@@ -59,7 +59,7 @@ class _ScaledGradient:
 
         def wrapped(params, *args, **kwargs):
             value, grads = inner(params, *args, **kwargs)
-            from convnn_core.tree import tree_map
+            from convnn.tree import tree_map
 
             return value, tree_map(lambda g: g * 1.01, grads)
 

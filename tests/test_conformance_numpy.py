@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.results import NOT_AVAILABLE, PASS
-from conformance.runner import load_entry, run_suite
+from convnn.conformance.results import NOT_AVAILABLE, PASS
+from convnn.conformance.runner import load_entry, run_suite
 
 
 @pytest.fixture(scope="module")

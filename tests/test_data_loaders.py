@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import (DatasetNotFound, UnsafePickleError, load_cifar, load_dataset, load_fashion_mnist,
+from convnn.models.data import (DatasetNotFound, UnsafePickleError, load_cifar, load_dataset, load_fashion_mnist,
                          load_sample, split_validation)
-from models.data.download import fetch
-from models.data.fashion_mnist import read_idx
-from models.data.safe_pickle import safe_load
-from models.data.sample import SAMPLE_DIR
+from convnn.models.data.download import fetch
+from convnn.models.data.fashion_mnist import read_idx
+from convnn.models.data.safe_pickle import safe_load
+from convnn.models.data.sample import SAMPLE_DIR
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

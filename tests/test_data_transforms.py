@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data.transforms import normalise, random_crop_flip, resize_bilinear
+from convnn.models.data.transforms import normalise, random_crop_flip, resize_bilinear
 
 
 def test_normalise_is_totensor_then_normalize():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 from test_jax_helpers import attention_inputs, backend, conv_inputs, x64
 
 jnp = pytest.importorskip("jax.numpy")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 from test_jax_helpers import attention_inputs, backend, conv_inputs, x64
 
 jax = pytest.importorskip("jax")
@@ -28,7 +28,7 @@ def gpu():
 
 
 def test_top_k_tie_rule_on_gpu(gpu):
-    from backends.jax.topk import top_k_lower_index, top_k_mask
+    from convnn.backends.jax.topk import top_k_lower_index, top_k_mask
 
     rng = np.random.default_rng(0)
     for n, k in ((40, 5), (1200, 8), (1156, 9)):

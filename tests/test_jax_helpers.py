@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("optax")

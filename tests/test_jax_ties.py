@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 from test_jax_helpers import backend, conv_inputs, x64
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from backends.jax.topk import group_size, top_k_lower_index, top_k_mask  # noqa: E402
+from convnn.backends.jax.topk import group_size, top_k_lower_index, top_k_mask  # noqa: E402
 
 
 def _stable(scores: np.ndarray, k: int) -> np.ndarray:

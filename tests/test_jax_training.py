@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 from test_jax_helpers import backend, x64
 
 jax = pytest.importorskip("jax")

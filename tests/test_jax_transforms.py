@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 from test_jax_helpers import attention_inputs, backend, conv_inputs, x64
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from backends.jax.convnn import TRACE_COUNTS  # noqa: E402
+from convnn.backends.jax.kernels import TRACE_COUNTS  # noqa: E402
 
 CFG = cc.ConvNNConfig(k=4, weighting="softmax")
 
@@ -61,7 +61,7 @@ def test_random_candidates_from_jax_keys_inside_jit():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(a2))
     assert not np.allclose(np.asarray(a), np.asarray(c))
     # the key's draw is an explicit candidate set: same answer when passed as candidates
-    from backends.jax.candidates import draw_on_device
+    from convnn.backends.jax.arrays import draw_on_device
 
     cand = draw_on_device(k1, 42, 8)
     assert np.all(np.diff(np.asarray(cand)) > 0)

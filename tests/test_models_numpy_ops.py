@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 anp = pytest.importorskip("autograd.numpy")
 
-from backends.numpy.vocab import NumpyOps  # noqa: E402
-from convnn_core import attention as spec_attention  # noqa: E402
+from convnn.backends.common.numpy_ops import NumpyOps  # noqa: E402
+from convnn import attention as spec_attention  # noqa: E402
 
 OPS = NumpyOps(np)
 AOPS = NumpyOps(anp)
@@ -215,7 +215,7 @@ def test_arrays_and_rng():
 
 
 def test_numpy_backend_has_every_op():
-    from convnn_core import get_backend
-    from convnn_core.vocabulary import missing_ops
+    from convnn import get_backend
+    from convnn.vocabulary import missing_ops
 
     assert missing_ops(get_backend("numpy")) == []

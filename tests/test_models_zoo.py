@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from convnn_core.tree import flatten
-from models import create_model, list_models, model_defaults
+from convnn.tree import flatten
+from convnn.models import create_model, list_models, model_defaults
 
 
 # ----------------------------------------------------------------------------- counts (shapes only)
@@ -39,6 +39,35 @@ def test_registry_names_and_defaults():
     assert set(list_models()) >= {"vgg11", "vgg13", "vgg16", "vgg19", "vit_tiny", "vit_tiny_cifar"}
     assert model_defaults("vit_tiny_cifar")["patch_size"] == 4
     assert create_model("vgg19", layer="conv").num_params() > create_model("vgg16", layer="conv").num_params()
+
+
+@pytest.mark.parametrize("name,options,expected", [
+    ("vgg11", {}, False), ("vgg11", {"layer": "convnn"}, True), ("vgg16", {"layer": "branching"}, True),
+    ("vit_tiny_cifar", {}, False), ("vit_tiny_cifar", {"attention": "kvt"}, False),
+    ("vit_tiny_cifar", {"attention": "convnn"}, True), ("vit_tiny", {"attention": "branching"}, True),
+])
+def test_models_know_whether_they_use_convnn_before_and_after_building(name, options, expected):
+    from convnn.models import model_uses_convnn
+
+    assert model_uses_convnn(name, options) is expected
+    assert create_model(name, **options).uses_convnn is expected
+
+
+def test_unknown_model_or_layer_is_refused_before_building():
+    from convnn.models import model_uses_convnn
+
+    with pytest.raises(ValueError, match="model='resnet50' is unknown"):
+        model_uses_convnn("resnet50", {})
+    with pytest.raises(ValueError, match="layer='dense' is not allowed"):
+        model_uses_convnn("vgg11", {"layer": "dense"})
+
+
+def test_models_count_the_rng_keys_a_training_call_draws():
+    assert create_model("vgg11", layer="conv", head="light").train_rng_draws == 0
+    assert create_model("vgg11", layer="conv", head="paper").train_rng_draws == 2  # the two head dropouts
+    assert create_model("vgg11", layer="convnn", sampling="random", head="light").train_rng_draws == 8
+    assert create_model("vit_tiny_cifar", depth=2, dropout=0.0, attention_dropout=0.0).train_rng_draws == 0
+    assert create_model("vit_tiny_cifar", depth=2).train_rng_draws == 8  # attention + three dropouts per block
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -91,7 +120,7 @@ def _t(tree):
 
 def _torch_vgg(model, p, s, x):
     """An independent torch composition of the VGG forward in evaluation mode."""
-    import convnn_core
+    import convnn
 
     layer = model.options["layer"]
     for i, v in enumerate(model.plan):
@@ -106,7 +135,7 @@ def _torch_vgg(model, p, s, x):
             parts = []
             if c1:
                 # the ConvNN op itself is the spec's (run on NumPy so near-ties resolve identically)
-                y = convnn_core.convnn2d(x.numpy(), q["convnn"]["weight"].numpy(), q["convnn"]["bias"].numpy(),
+                y = convnn.convnn2d(x.numpy(), q["convnn"]["weight"].numpy(), q["convnn"]["bias"].numpy(),
                                          model.cfg)
                 parts.append(torch.as_tensor(y))
             if v - c1:
@@ -206,7 +235,7 @@ def test_sampled_vgg_eval_draw_is_fixed_per_layer():
 
 @pytest.mark.parametrize("backend", ["torch", "jax", "numba"])
 def test_same_seed_same_parameters_on_every_backend(backend):
-    from convnn_core.registry import backend_status, get_backend
+    from convnn.registry import backend_status, get_backend
 
     if not backend_status(backend)[0]:
         pytest.skip(f"backend {backend} is not available")

@@ -9,10 +9,10 @@ pytest.importorskip("autograd")
 
 import autograd  # noqa: E402
 
-from convnn_core import ConvNNConfig, attention_config, get_backend  # noqa: E402
-from convnn_core import attention as spec_attention  # noqa: E402
-from convnn_core import layers as spec_layers  # noqa: E402
-from convnn_core.vocabulary import missing_ops  # noqa: E402
+from convnn import ConvNNConfig, attention_config, get_backend  # noqa: E402
+from convnn import attention as spec_attention  # noqa: E402
+from convnn import layers as spec_layers  # noqa: E402
+from convnn.vocabulary import missing_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")

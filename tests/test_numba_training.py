@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, Block())
     import numpy as np
-    from convnn_core import ConvNNConfig, get_backend
+    from convnn import ConvNNConfig, get_backend
 
     nb = get_backend("numba")
     rng = np.random.default_rng(0)

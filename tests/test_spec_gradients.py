@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-import convnn_core as cc
+import convnn as cc
 
 CASES = {
     "conv2d-cosine-softmax": (cc.ConvNNConfig(k=4, weighting="softmax"), "2d"),

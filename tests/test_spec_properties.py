@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import convnn_core as cc
+import convnn as cc
 
 SEEDS = st.integers(0, 2**31 - 1)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import convnn_core as cc
-from convnn_core.candidates import spatial_grid_2d, spatial_line
+import convnn as cc
+from convnn.candidates import spatial_grid_2d, spatial_line
 
 
 def _tokens(values: list[float]) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_rank_order_is_decreasing_affinity(rng):
 
 
 def test_softmax_weights_and_self_logit():
-    from convnn_core.selection import neighbor_weights
+    from convnn.selection import neighbor_weights
 
     aff = np.array([[[0.5, 0.2, -0.1]]])
     w = neighbor_weights(np, cc.ConvNNConfig(k=3, weighting="softmax"), aff)
@@ -167,7 +167,7 @@ def test_depthwise_taps(rng):
 
 
 def test_shuffle_scale_round_trip(rng):
-    from convnn_core.layers import pixel_shuffle, pixel_unshuffle
+    from convnn.layers import pixel_shuffle, pixel_unshuffle
 
     x = rng.standard_normal((2, 3, 4, 6))
     np.testing.assert_array_equal(pixel_shuffle(np, pixel_unshuffle(np, x, 2), 2), x)

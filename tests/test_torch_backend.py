@@ -6,12 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from convnn_core import ConvNNConfig, attention_config, get_backend  # noqa: E402
-from convnn_core import attention as spec_attention  # noqa: E402
-from convnn_core import layers as spec_layers  # noqa: E402
-from convnn_core.vocabulary import missing_ops  # noqa: E402
+from convnn import ConvNNConfig, attention_config, get_backend  # noqa: E402
+from convnn import attention as spec_attention  # noqa: E402
+from convnn import layers as spec_layers  # noqa: E402
+from convnn.vocabulary import missing_ops  # noqa: E402
 
-from backends.torch import selection  # noqa: E402
+from convnn.backends.torch import selection  # noqa: E402
 
 T = get_backend("torch")
 NP = get_backend("numpy")
@@ -301,7 +301,7 @@ def test_clip_grad_norm(rng):
 
 
 def test_load_refuses_unknown_options():
-    from backends.torch import load
+    from convnn.backends.torch import load
 
     with pytest.raises(ValueError, match="unknown option"):
         load(colour="red")
@@ -318,3 +318,80 @@ def test_exact_topk_equals_a_stable_sort(kind):
         key[0, ::3] = -float("inf")
         want = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :slots]
         assert torch.equal(selection.exact_topk(key, slots), want)
+
+
+# ----------------------------------------------------------------------------- kernels and capabilities
+def test_capabilities_and_kernel_contract():
+    from convnn.kernels import ConvNNKernels, check_kernels
+
+    caps = T.capabilities
+    assert caps.dtypes == ("float64", "float32") and caps.device == "cpu" and caps.memory == "host"
+    assert "convnn2d" in caps.differentiable and "kvt_attention" in caps.differentiable
+    assert caps.compiles and not caps.compile_by_default and caps.int64_labels and caps.can_train(True)[0]
+    assert check_kernels(T.kernels) == [] and isinstance(T.kernels, ConvNNKernels)
+    x = torch.ones(2)
+    assert T.synchronize(x) is x and T.place({"a": x})["a"] is x
+
+
+def test_path_choice_names_the_fused_kernel_only_on_cuda():
+    from convnn.kernels import PathRequest
+
+    cpu = T.kernels.choose_path(PathRequest("convnn2d", ConvNNConfig(), "float32", "cpu"))
+    assert cpu.path.startswith("eager") and "not CUDA" in cpu.passed_over[0][1]
+    soft = T.kernels.choose_path(PathRequest("convnn2d", ConvNNConfig(weighting="softmax"), "float32", "cuda"))
+    assert soft.path.startswith("eager") and "weighting" in soft.passed_over[0][1]
+    off = get_backend("torch", fused=False).kernels.choose_path(PathRequest("convnn2d", ConvNNConfig(), "float32",
+                                                                            "cuda"))
+    assert off.path.startswith("eager") and "fused=False" in off.passed_over[0][1]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dot"])
+@pytest.mark.parametrize("cand_kind", ["all", "shared", "per-sample"])
+def test_kernels_match_the_spec_kernels_with_heads(metric, cand_kind, rng):
+    import array_api_compat.torch as txp
+
+    from convnn.spec_kernels import SpecKernels
+
+    spec = SpecKernels(txp)
+    b, n, f, heads, k = 2, 11, 6, 3, 4
+    keys, qf = _t(rng.standard_normal((b, n, f))), _t(rng.standard_normal((b, n, f)))
+    queries = np.arange(n, dtype=np.int64)
+    cand = {"all": None, "shared": torch.as_tensor(np.sort(rng.choice(n, 8, replace=False))),
+            "per-sample": torch.as_tensor(np.sort(np.stack([rng.choice(n, 8, replace=False) for _ in range(b)])))}
+    kw = dict(k=k, metric=metric, self_first=True, heads=heads, query_feats=qf)
+    idx = T.kernels.select(keys, queries, cand[cand_kind], **kw)
+    assert idx.shape == (b, heads, n, k) and idx.dtype == torch.int64
+    assert torch.equal(idx, spec.select(keys, queries, cand[cand_kind], **kw))
+    aff = T.kernels.slot_affinity(keys, queries, idx, metric=metric, heads=heads, query_feats=qf)
+    torch.testing.assert_close(aff, spec.slot_affinity(keys, queries, idx, metric=metric, heads=heads,
+                                                       query_feats=qf), rtol=1e-12, atol=1e-12)
+    values = _t(rng.standard_normal((b, n, f)))
+    rho = torch.softmax(aff, dim=-1)
+    for taps, w in (("full", _t(rng.standard_normal((5, f, k)))), ("depthwise", _t(rng.standard_normal((f, k))))):
+        torch.testing.assert_close(T.kernels.gather_taps(values, idx, rho, w, taps=taps),
+                                   spec.gather_taps(values, idx, rho, w, taps=taps), rtol=1e-12, atol=1e-12)
+
+
+def test_affinities_without_gradient_equal_the_differentiable_ones(rng):
+    feats = _t(rng.standard_normal((2, 30, 5)))
+    for cfg in (ConvNNConfig(padding=0, k=5), ConvNNConfig(padding=0, k=5, metric="euclidean", order="position")):
+        with torch.no_grad():
+            idx0, aff0 = T.select_neighbors(feats, cfg)
+        leaf = feats.clone().requires_grad_(True)
+        idx1, aff1 = T.select_neighbors(leaf, cfg)
+        assert aff1.requires_grad and torch.equal(idx0, idx1)
+        torch.testing.assert_close(aff0, aff1.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_with_a_torch_key_is_repeatable_and_differs_from_eval(rng):
+    x = _t(rng.standard_normal((2, 9, 8)))
+    params = {k: _t(rng.standard_normal((8, 8))) for k in ("wq", "wk", "wv", "wo")}
+    params["taps"] = torch.ones(8, 3, dtype=torch.float64)
+    cfg = attention_config(3, sampling="random", num_samples=6)
+    key = T.make_rng(5)
+    a = T.convnn_attention(x, params, cfg, heads=2, dropout=0.3, rng=key, train=True)
+    b = T.convnn_attention(x, params, cfg, heads=2, dropout=0.3, rng=key, train=True)
+    c = T.convnn_attention(x, params, cfg, heads=2, dropout=0.3, rng=key, train=False)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    # the key's candidates are the spec's draw from a NumPy Generator seeded with the key's seed
+    torch.testing.assert_close(c, T.convnn_attention(x, params, cfg, heads=2, rng=key.seed))

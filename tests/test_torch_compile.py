@@ -5,8 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backends.torch import ops  # noqa: E402
-from backends.torch.modules import ConvNN2d, ConvNNAttention  # noqa: E402
+from convnn.backends.torch import ops  # noqa: E402
+from convnn.backends.torch.modules import ConvNN2d, ConvNNAttention  # noqa: E402
 
 
 def _inputs():
@@ -69,3 +69,13 @@ def test_inductor_compiles_the_eager_path():
     y = compiled(x)
     torch.testing.assert_close(y, m(x))
     y.sum().backward()
+
+
+def test_fullgraph_recompiles_per_map_size():
+    # the plan (queries, coordinates) is static in the map size: a new size is a new graph, not an error
+    torch.manual_seed(0)
+    m = ConvNN2d(4, 6, weighting="softmax")
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    for shape in ((2, 4, 6, 6), (2, 4, 6, 5), (3, 4, 7, 5)):
+        x = torch.randn(*shape)
+        torch.testing.assert_close(compiled(x), m(x))

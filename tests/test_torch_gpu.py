@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from convnn_core import ConvNNConfig, attention_config, get_backend  # noqa: E402
+from convnn import ConvNNConfig, attention_config, get_backend  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with pytest -m gpu)")]
@@ -126,7 +126,7 @@ def test_attention_on_cuda(cuda):
 
 
 def test_compile_fullgraph_with_the_fused_kernel():
-    from backends.torch.modules import ConvNN2d, ConvNNAttention
+    from convnn.backends.torch.modules import ConvNN2d, ConvNNAttention
 
     torch.manual_seed(0)
     m = ConvNN2d(16, 16).cuda()
@@ -158,7 +158,7 @@ def test_lean_path_never_holds_a_gathered_copy(cuda):
 
 
 def test_triton_matches_eager_on_larger_shapes():
-    from backends.torch import aggregation, selection, triton_kernels
+    from convnn.backends.torch import aggregation, selection, triton_kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)
     for c, o, k in ((64, 64, 9), (128, 256, 9), (512, 512, 9), (3, 64, 9)):

@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from convnn_core import ConvNNConfig, attention_config, get_backend  # noqa: E402
+from convnn import ConvNNConfig, attention_config, get_backend  # noqa: E402
 
-from backends.torch.modules import (  # noqa: E402
+from convnn.backends.torch.modules import (  # noqa: E402
     Branching2d,
     ConvNN1d,
     ConvNN2d,
@@ -137,3 +137,13 @@ def test_config_argument_and_bad_options():
         ConvNN2d(3, 4, taps="depthwise")
     with pytest.raises(ValueError, match="num_heads"):
         ConvNNAttention(10, 3)
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: ConvNN2d(3, 4), (1, 3, 5, 5)), (lambda: ConvNN1d(3, 4, 3), (1, 3, 7)),
+                                        (lambda: ConvNNAttention(8, 2, 3), (1, 6, 8))],
+                         ids=["ConvNN2d", "ConvNN1d", "ConvNNAttention"])
+def test_modules_refuse_nan_like_the_functional_ops(make, shape):
+    x = torch.randn(*shape)
+    x[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        make()(x)

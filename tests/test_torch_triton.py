@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRELUDE = """
 import sys
 import torch
-from backends.torch import aggregation, ops, selection, triton_kernels as T
+from convnn.backends.torch import aggregation, ops, selection, triton_kernels as T
 assert T.AVAILABLE, "triton did not import"
 g = torch.Generator().manual_seed(0)
 failures = []

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from models.train.config import PRESETS, TrainConfig, build_config
-from models.train.metrics import topk_correct
-from models.train.schedule import lr_scale
+from convnn.models.train.config import PRESETS, TrainConfig, build_config
+from convnn.models.train.metrics import topk_correct
+from convnn.models.train.schedule import lr_scale
 
 
 def test_paper_preset_is_the_protocol_of_spec_section_7():

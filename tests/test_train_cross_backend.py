@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnn_core.registry import backend_status
-from convnn_core.tree import flatten
-from models import create_model
-from models.cli import run_eval
-from models.train import build_config, load_checkpoint
-from models.train.checkpoint import save_checkpoint
+from convnn.registry import backend_status
+from convnn.tree import flatten
+from convnn.models import create_model
+from convnn.models.cli import run_eval
+from convnn.models.train import build_config, load_checkpoint
+from convnn.models.train.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BRANCHING = {"layer": "branching", "ratio": 0.5, "width": 0.0625, "head": "light"}
@@ -73,7 +73,7 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path):
               "--batch-size", "32", "--epochs", "2", "--checkpoint-every", "2", "--no-progress",
               "--out-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "convnn_core", "train"]
+    cmd = [sys.executable, "-m", "convnn", "train"]
     subprocess.run(cmd + common + ["--run-name", "full"], check=True, env=env, cwd=ROOT, capture_output=True)
     proc = subprocess.Popen(cmd + common + ["--run-name", "killed"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

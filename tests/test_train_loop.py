@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnn_core.tree import flatten
-from models.cli import run_eval
-from models.train import Trainer, build_config, load_checkpoint
+from convnn.tree import flatten
+from convnn.models.cli import run_eval
+from convnn.models.train import Trainer, build_config, load_checkpoint
 
 pytest.importorskip("autograd")
 
@@ -95,7 +95,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing")
     # a checkpoint whose params do not fit the model its config names
-    from models.train.checkpoint import save_checkpoint
+    from convnn.models.train.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.safetensors")
     meta = dict(ckpt.meta)
@@ -116,7 +116,7 @@ def test_training_a_convnn_model_on_the_numpy_oracle_says_where_to_go(tmp_path):
 
 # ----------------------------------------------------------------------------- the CLI
 def test_cli_help_explains_every_option(capsys):
-    from convnn_core.cli import main
+    from convnn.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
@@ -131,7 +131,7 @@ def test_cli_help_explains_every_option(capsys):
 
 
 def test_cli_train_and_eval(tmp_path, capsys):
-    from convnn_core.cli import main
+    from convnn.cli import main
 
     args = ["train", "--backend", "numpy", "--model", "vit_tiny_cifar", "-o", "depth=1", "-o", "dim=16",
             "-o", "mlp_dim=16", "--subset", "64", "--val-subset", "32", "--batch-size", "32", "--epochs", "1",
@@ -176,8 +176,39 @@ def test_test_split_is_reported_separately_and_required_up_front(tmp_path):
     _tiny_cifar10(tmp_path / "without", False)
     cfg = _config(tmp_path, "u", dataset="cifar10", data_dir=str(tmp_path / "without"), subset=None,
                   val_subset=None, epochs=1, test=True)
-    from models.data import DatasetNotFound
+    from convnn.models.data import DatasetNotFound
 
     with pytest.raises(DatasetNotFound, match="no fallback"):
         Trainer(cfg, log=lambda s: None).run()
     assert not (tmp_path / "u" / "checkpoints").exists()  # nothing trained, nothing half-written
+
+
+# ----------------------------------------------------------------------------- which backend trains
+def test_auto_training_backend_is_the_registry_policy(monkeypatch):
+    from convnn import registry
+    from convnn.models.train.backend_choice import resolve_training_backend
+
+    monkeypatch.setattr(registry, "cuda_visible", lambda: (False, "no CUDA GPU in this test"))
+    for options, uses in (({"layer": "convnn"}, True), ({"layer": "conv"}, False)):
+        backend, why = resolve_training_backend("auto", "vgg11", options)
+        assert backend.name == registry.resolve_auto("train", uses_convnn=uses).name
+        assert why.startswith("auto (cpu): ") and backend.capabilities.can_train(uses)[0]
+
+
+def test_a_backend_that_fails_to_load_is_a_named_error_not_a_fallback(monkeypatch):
+    from convnn import registry
+    from convnn.models.train.backend_choice import BackendLoadError, resolve_training_backend
+
+    def broken(**options):
+        raise RuntimeError("the device is on fire")
+
+    plugin = registry.BACKENDS["numpy"]
+    fake = registry.BackendPlugin(name="numpy", requires=plugin.requires, extra=None, summary="broken", loader=broken,
+                                  devices=("cpu",), trains_convnn=False)
+    monkeypatch.setattr(registry.BACKENDS, "_cache", {**registry.BACKENDS._all(), "numpy": fake})
+    with pytest.raises(BackendLoadError, match="backend 'numpy'.*RuntimeError: the device is on fire"):
+        resolve_training_backend("numpy", "vit_tiny_cifar", {})
+    with pytest.raises(BackendLoadError):  # auto picks a backend for a model without ConvNN: the same error
+        monkeypatch.setitem(registry.CPU_POLICY, "train", (("numpy",), "a test order"))
+        monkeypatch.setattr(registry, "cuda_visible", lambda: (False, "no CUDA GPU in this test"))
+        resolve_training_backend("auto", "vit_tiny_cifar", {})

@@ -1,4 +1,4 @@
-"""Arrays, dtypes and randomness for the jax backend: asarray, to_numpy, PRNG keys, tracer checks."""
+"""Arrays, dtypes and randomness for the jax backend: asarray, to_numpy, PRNG keys, device draws, tracer checks."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DTYPES = ("float16", "bfloat16", "float32", "float64", "int32", "int64", "uint8", "bool")
-X64_HINT = ("enable 64-bit jax with convnn_core.get_backend('jax', x64=True) or "
+X64_HINT = ("enable 64-bit jax with convnn.get_backend('jax', x64=True) or "
             "jax.config.update('jax_enable_x64', True)")
 
 
@@ -78,11 +78,16 @@ def as_key(rng: Any) -> jnp.ndarray:
     raise TypeError(f"rng={rng!r} must be a jax PRNG key, an int seed or a numpy.random.Generator")
 
 
-def check_finite(name: str, x: Any) -> None:
-    """The spec's NaN/inf check on a concrete array, evaluated now even inside an outer jit (skipped for tracers)."""
-    from convnn_core._xp import check_finite as spec_check_finite
+def is_jax_key(rng: Any) -> bool:
+    """A typed jax key (jax.random.key) or a raw uint32[2] key (jax.random.PRNGKey), concrete or traced."""
+    if not isinstance(rng, jax.Array):
+        return False
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng.ndim == 0
+    return rng.dtype == jnp.uint32 and rng.shape == (2,)
 
-    if is_tracer(x):
-        return
-    with jax.ensure_compile_time_eval():
-        spec_check_finite(jnp, name, x)
+
+def draw_on_device(key: Any, n_tokens: int, num_samples: int) -> jnp.ndarray:
+    """num_samples distinct token indices in [0, n_tokens), uniformly, sorted ascending (jit-able)."""
+    perm = jax.random.permutation(as_key(key), n_tokens)[:num_samples]
+    return jnp.sort(perm).astype(index_dtype())

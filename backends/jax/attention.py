@@ -1,23 +1,24 @@
-"""ConvNN attention and the baseline attentions (SPEC.md section 5) on [B, N, D] jax arrays."""
+"""The baseline attentions (SPEC.md section 5) on [B, N, D] jax arrays; ConvNN attention runs in convnn.pipeline."""
 from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convnn_core import attention as spec_attention
-from convnn_core.attention import PROJECTIONS, band_mask
-from convnn_core.candidates import make_rng as host_rng
-from convnn_core.config import ConvNNConfig
+from convnn import attention as spec_attention
+from convnn.attention import PROJECTIONS, band_mask
+from convnn.pipeline import check_dropout
 
-from . import candidates as cands
-from .arrays import as_key, index_dtype, is_tracer
-from .convnn import DEFAULT_OPTIONS, TRACE_COUNTS, apply_taps, as_jax, final_candidates
-from .neighbors import PRECISIONS, EngineOptions, aggregate
+from . import nn
+from .arrays import as_key, is_tracer
+from .kernels import TRACE_COUNTS, split_heads
+from .neighbors import EngineOptions
+
+DEFAULT_OPTIONS = EngineOptions()
 
 
 def check_projections(x: jnp.ndarray, params: Mapping[str, Any], heads: int) -> int:
@@ -26,32 +27,15 @@ def check_projections(x: jnp.ndarray, params: Mapping[str, Any], heads: int) -> 
         return spec_attention.check_projections(jnp, x, params, heads)
 
 
+def as_jax(*arrays: Any) -> tuple[Any, ...]:
+    """Jax arrays from host arrays (None and tracers pass through)."""
+    return tuple(a if a is None or isinstance(a, jax.Array) or is_tracer(a) else jnp.asarray(a) for a in arrays)
+
+
 def _params(params: Any) -> dict:
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict with keys {', '.join(PROJECTIONS)}; got {type(params).__name__}")
     return {k: as_jax(v)[0] for k, v in params.items()}
-
-
-def check_dropout(dropout: float, train: bool, rng: Any) -> bool:
-    """Whether dropout is active; it needs an rng (jax key, int seed or NumPy Generator) when it is."""
-    if not (0.0 <= float(dropout) < 1.0):
-        raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
-    active = bool(train) and dropout > 0.0
-    if active and rng is None:
-        raise ValueError("dropout > 0 with train=True needs an rng= (a jax key, an int seed or a numpy Generator)")
-    return active
-
-
-def dropout_mask(y: jnp.ndarray, p: float, key: jnp.ndarray) -> jnp.ndarray:
-    """Inverted dropout of y: keep with probability 1 - p, scaled by 1 / (1 - p)."""
-    keep = jax.random.bernoulli(key, 1.0 - p, y.shape)
-    return jnp.where(keep, y / (1.0 - p), jnp.zeros((), y.dtype))
-
-
-def split_heads(t: jnp.ndarray, heads: int) -> jnp.ndarray:
-    """[B, N, D] -> [B*h, N, D/h] (heads folded into the batch)."""
-    b, n, d = t.shape
-    return jnp.transpose(t.reshape(b, n, heads, d // heads), (0, 2, 1, 3)).reshape(b * heads, n, d // heads)
 
 
 def merge_heads(t: jnp.ndarray, heads: int) -> jnp.ndarray:
@@ -62,64 +46,6 @@ def merge_heads(t: jnp.ndarray, heads: int) -> jnp.ndarray:
 
 def _linear(x: jnp.ndarray, w: jnp.ndarray, precision: Any) -> jnp.ndarray:
     return jnp.matmul(x, w.T, precision=precision)
-
-
-def _keys(rng: Any) -> tuple[Any, Any]:
-    """(what draws candidates, what draws the dropout mask) from the caller's rng."""
-    if rng is None:
-        return None, None
-    if cands.is_jax_key(rng) or is_tracer(rng):
-        k_cand, k_drop = jax.random.split(as_key(rng))
-        return k_cand, k_drop
-    gen = host_rng(rng)  # the spec's order: candidates first, then dropout, from one Generator
-    return gen, gen
-
-
-# ----------------------------------------------------------------------------- ConvNN attention
-def convnn_attention(x: Any, params: Mapping[str, Any], cfg: Optional[ConvNNConfig] = None, *, heads: int = 1,
-                     dropout: float = 0.0, candidates: Any = None, rng: Any = None, train: bool = False,
-                     opts: EngineOptions = DEFAULT_OPTIONS) -> jnp.ndarray:
-    """ConvNN attention on x [B, N, D]: per head q_i selects K keys, rho-weighted v_j, taps over D, dropout, wo.
-
-    params = {wq, wk, wv, wo: [D, D], taps: [D, K] (depthwise) or [D, D, K] (full)}.
-    """
-    cfg = spec_attention.resolve_attention_config(cfg)
-    (x,) = as_jax(x)
-    params = _params(params)
-    d = check_projections(x, params, heads)
-    spec_attention.check_attention_taps(jnp, x, params, cfg, d)
-    active = check_dropout(dropout, train, rng)
-    cand_rng, drop_rng = _keys(rng)
-    b, n, _ = x.shape
-    plan = cands.resolve(cfg, n, np.arange(n), batch=b, candidates=candidates, rng=cand_rng)
-    drop_key = as_key(drop_rng) if active else None
-    weights = {k: params[k] for k in PROJECTIONS + ("taps",)}
-    return _attention_core(x, weights, plan.indices, plan.key, drop_key, cfg=cfg, heads=heads,
-                           dropout=float(dropout) if active else 0.0, draw=plan.count, is_sorted=plan.sorted,
-                           opts=opts)
-
-
-@partial(jax.jit, static_argnames=("cfg", "heads", "dropout", "draw", "is_sorted", "opts"))
-def _attention_core(x, params, cand, key, drop_key, *, cfg, heads, dropout, draw, is_sorted, opts):
-    TRACE_COUNTS["convnn_attention"] += 1
-    precision = None if opts.precision is None else PRECISIONS[opts.precision]
-    b, n, d = x.shape
-    qh = split_heads(_linear(x, params["wq"], precision), heads)
-    kh = split_heads(_linear(x, params["wk"], precision), heads)
-    vh = split_heads(_linear(x, params["wv"], precision), heads)
-    cand = final_candidates(cand, key, draw, is_sorted, n)
-    if cand is not None and cand.ndim == 2 and heads > 1:
-        cand = jnp.repeat(cand, heads, axis=0)
-
-    def reduce(g: jnp.ndarray) -> jnp.ndarray:  # [b*h, R, K, dh] -> [b, R, D], heads concatenated
-        bh, r, k, dh = g.shape
-        g = jnp.transpose(g.reshape(bh // heads, heads, r, k, dh), (0, 2, 3, 1, 4)).reshape(bh // heads, r, k, d)
-        return apply_taps(cfg.taps, g, params["taps"], None, precision)
-
-    y = aggregate(cfg, qh, kh, vh, jnp.arange(n, dtype=index_dtype()), cand, reduce, opts, heads=heads)
-    if dropout > 0.0:
-        y = dropout_mask(y, dropout, drop_key)
-    return _linear(y, params["wo"], precision)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -145,7 +71,7 @@ def _masked_core(x, params, mask, drop_key, *, heads, dropout, topk, opts):
     from .topk import top_k_mask
 
     TRACE_COUNTS["masked_attention"] += 1
-    precision = None if opts.precision is None else PRECISIONS[opts.precision]
+    precision = opts.lax_precision
     qh = split_heads(_linear(x, params["wq"], precision), heads)
     kh = split_heads(_linear(x, params["wk"], precision), heads)
     vh = split_heads(_linear(x, params["wv"], precision), heads)
@@ -157,7 +83,7 @@ def _masked_core(x, params, mask, drop_key, *, heads, dropout, topk, opts):
         scores = jnp.where(mask, scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout > 0.0:
-        probs = dropout_mask(probs, dropout, drop_key)
+        probs = nn.dropout(probs, dropout, drop_key, train=True)
     y = merge_heads(jnp.matmul(probs, vh, precision=precision), heads)
     return _linear(y, params["wo"], precision)
 

@@ -1,4 +1,4 @@
-"""JaxBackend: the vocabulary of convnn_core/vocabulary.py bound to jax functions and the load options."""
+"""JaxBackend: the pipeline's ConvNN ops on the jax kernels, and the rest of the vocabulary as jax functions."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Union
@@ -6,27 +6,56 @@ from typing import Any, Mapping, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from . import arrays, attention, convnn, nn, training
+from convnn.backend_base import PipelineOps
+from convnn.kernels import Capabilities
+from convnn.vocabulary import ATTENTION_OPS, CONVNN_OPS
+
+from . import arrays, attention, nn, training
+from .kernels import JaxKernels, device_kind
 from .neighbors import PRECISIONS, EngineOptions
 
+DEVICES = ("cpu", "cuda")
 
-class JaxBackend:
-    """ConvNN ops, baseline attentions, layers, arrays/RNG and training on jax arrays; every op is pure.
 
-    Options (given to convnn_core.get_backend('jax', ...)):
+def _jax_device(device: Optional[str]) -> Optional[Any]:
+    """The jax device behind a device name ('cpu', 'cuda', 'cuda:1'; None: jax's default placement)."""
+    if device is None:
+        return None
+    kind, _, index = str(device).partition(":")
+    if kind not in DEVICES or (index and not index.isdigit()):
+        raise ValueError(f"device={device!r} is not allowed; choose one of {', '.join(DEVICES)} (or 'cuda:N') or None")
+    platform = "cpu" if kind == "cpu" else "gpu"
+    try:
+        found = jax.devices(platform)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r}: jax has no {platform} device here ({err})") from err
+    if int(index or 0) >= len(found):
+        raise ValueError(f"device={device!r}: jax sees {len(found)} {platform} device(s)")
+    return found[int(index or 0)]
+
+
+class JaxBackend(PipelineOps):
+    """ConvNN ops (the one pipeline, jitted per plan), baseline attentions, layers, arrays/RNG and training on jax
+    arrays; every op is pure.
+
+    Options (given to convnn.get_backend('jax', ...)):
       x64: bool = False            turn on jax_enable_x64 (process-wide) so float64 arrays exist
       precision: str = 'highest'   matmul precision of the ops ('default', 'high', 'highest');
                                    'highest' keeps float32 exact on GPUs that would use TF32
       block_elements: int | None   budget (elements) of the largest per-block temporary; samples
                                    and query rows are processed in blocks of this size. None:
                                    2**20 on CPUs (cache-sized), 2**26 on GPUs/TPUs
+      check_inputs: bool = True    refuse NaN/inf inputs where their values can be read (not under a trace)
+      device: 'cpu' | 'cuda' | None  where `place` and `asarray` commit arrays (None: jax's default device)
     """
 
     name = "jax"
+    xp = jnp
     trainable_convnn = True
 
     def __init__(self, *, x64: bool = False, precision: Optional[str] = "highest",
-                 block_elements: Optional[int] = None) -> None:
+                 block_elements: Optional[int] = None, check_inputs: bool = True,
+                 device: Optional[str] = None) -> None:
         if not isinstance(x64, bool):
             raise TypeError(f"x64={x64!r} must be True or False")
         if precision is not None and precision not in PRECISIONS:
@@ -34,39 +63,38 @@ class JaxBackend:
         if block_elements is not None and (isinstance(block_elements, bool) or not isinstance(block_elements, int)
                                            or block_elements < 1):
             raise ValueError(f"block_elements={block_elements!r} must be an int >= 1 or None")
+        if not isinstance(check_inputs, bool):
+            raise TypeError(f"check_inputs={check_inputs!r} must be True or False")
+        self._device = _jax_device(device)
         if x64:
             jax.config.update("jax_enable_x64", True)
-        self.xp = jnp
         self.options = EngineOptions(precision=precision, block_elements=block_elements)
-        self._precision = None if precision is None else PRECISIONS[precision]
+        self._precision = self.options.lax_precision
+        kind = device_kind() if device is None else str(device).partition(":")[0]
+        self.kernels = JaxKernels(self.options, device=kind, check_inputs=check_inputs)
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """What this backend can do now (float64 and int64 exist only while 64-bit jax is on, a process-wide switch)."""
+        device = self.kernels.device
+        return Capabilities(
+            dtypes=self.kernels.dtypes, devices=DEVICES, device=device,
+            differentiable=CONVNN_OPS + ATTENTION_OPS, trainable=True, compiles=True, compile_by_default=True,
+            int64_labels=arrays.x64_enabled(), memory=None if device == "cuda" else "host",
+        )
 
     def __repr__(self) -> str:
-        return (f"<convnn backend 'jax' on {jax.default_backend()} (x64={arrays.x64_enabled()}, "
+        return (f"<convnn backend 'jax' on {self.kernels.device} (x64={arrays.x64_enabled()}, "
                 f"precision={self.options.precision!r})>")
 
-    # -- ConvNN ops
-    def convnn2d(self, x: Any, weight: Any, bias: Optional[Any] = None, cfg: Any = convnn.DEFAULT_CONFIG, *,
-                 candidates: Any = None, rng: Any = None) -> jnp.ndarray:
-        """ConvNN on an NCHW map (SPEC.md); see backends.jax.convnn.convnn2d."""
-        return convnn.convnn2d(x, weight, bias, cfg, candidates=candidates, rng=rng, opts=self.options)
+    # -- device
+    def synchronize(self, value: Any) -> Any:
+        """Block until the device work behind value (a pytree) is done; returns value."""
+        return jax.block_until_ready(value)
 
-    def convnn1d(self, x: Any, weight: Any, bias: Optional[Any] = None, cfg: Any = convnn.DEFAULT_CONFIG, *,
-                 candidates: Any = None, rng: Any = None) -> jnp.ndarray:
-        """ConvNN on a [B, C, L] sequence."""
-        return convnn.convnn1d(x, weight, bias, cfg, candidates=candidates, rng=rng, opts=self.options)
-
-    def convnn_attention(self, x: Any, params: Mapping[str, Any], cfg: Any = None, *, heads: int = 1,
-                         dropout: float = 0.0, candidates: Any = None, rng: Any = None,
-                         train: bool = False) -> jnp.ndarray:
-        """ConvNN attention on [B, N, D] tokens."""
-        return attention.convnn_attention(x, params, cfg, heads=heads, dropout=dropout, candidates=candidates,
-                                          rng=rng, train=train, opts=self.options)
-
-    def select_neighbors(self, feats: Any, cfg: Any = convnn.DEFAULT_CONFIG, *, query_feats: Any = None,
-                         candidates: Any = None, rng: Any = None) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Neighbour indices and affinities [B, N, K] of every token."""
-        return convnn.select_neighbors(feats, cfg, query_feats=query_feats, candidates=candidates, rng=rng,
-                                       opts=self.options)
+    def place(self, tree: Any) -> Any:
+        """Commit a pytree of arrays to the backend's device (as jit outputs are)."""
+        return jax.device_put(tree, self._device if self._device is not None else jax.devices()[0])
 
     # -- baseline attentions
     def masked_attention(self, x: Any, params: Mapping[str, Any], mask: Any = None, **kw: Any) -> jnp.ndarray:
@@ -110,7 +138,11 @@ class JaxBackend:
     cross_entropy = staticmethod(nn.cross_entropy)
 
     # -- arrays and randomness
-    asarray = staticmethod(arrays.asarray)
+    def asarray(self, value: Any, dtype: Optional[str] = None) -> jnp.ndarray:
+        """A jax array from a host value; dtype a name such as 'float32' (64-bit ones need x64 enabled)."""
+        out = arrays.asarray(value, dtype)
+        return out if self._device is None else jax.device_put(out, self._device)
+
     to_numpy = staticmethod(arrays.to_numpy)
     make_rng = staticmethod(arrays.make_rng)
     split_rng = staticmethod(arrays.split_rng)

@@ -1,11 +1,10 @@
-"""The chunked ConvNN engine: per block of query rows, affinities -> top-K -> weights -> gather -> taps.
+"""Row-block machinery of the jax kernels: lax.map over blocks of samples and query rows, affinities, top-K, gathers.
 
-Query rows are processed in blocks with lax.map, so the live working set is one block's
-[G, R, S] affinities and [G, R, K, C] gathered values, never [G, N, K, C] for all rows. Each block
-is rematerialised in the backward pass except for its neighbour indices, which are kept (they are
-small ints), so training memory stays bounded too. Indices carry no gradient; with softmax
-weighting the K selected affinities are recomputed from the features so that their gradient
-flows to the features without a dense [N, S] backward.
+Each kernel (select, slot_affinity, gather_taps) runs its per-block function over blocks of
+samples and of query rows with lax.map, so the live working set is one block's temporary
+([g, R, S] affinities, [g, R, K, C] gathered values), never [B, Nq, K, C] for all rows. The
+differentiable kernels rematerialise each block in the backward pass (jax.checkpoint), so
+training memory stays bounded too.
 """
 from __future__ import annotations
 
@@ -16,16 +15,14 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.ad_checkpoint import checkpoint_name
 
-from convnn_core.affinity import EPS_NORM
-from convnn_core.config import ConvNNConfig
+from convnn.affinity import EPS_NORM
 
 from .topk import top_k_lower_index
 
-NEIGHBORS_NAME = "convnn_neighbor_indices"
 CPU_BLOCK_ELEMENTS = 1 << 20  # 4 MiB of float32: blocks stay in cache
 ACCELERATOR_BLOCK_ELEMENTS = 1 << 26  # large blocks keep a GPU busy
+PRECISIONS = {"default": lax.Precision.DEFAULT, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST}
 
 
 @dataclass(frozen=True)
@@ -35,14 +32,19 @@ class EngineOptions:
     precision: Optional[str] = "highest"
     block_elements: Optional[int] = None  # elements of the largest per-block temporary; None: by device
 
-
-PRECISIONS = {"default": lax.Precision.DEFAULT, "high": lax.Precision.HIGH, "highest": lax.Precision.HIGHEST}
-
-
-def _precision(opts: EngineOptions) -> Any:
-    return None if opts.precision is None else PRECISIONS[opts.precision]
+    @property
+    def lax_precision(self) -> Any:
+        return None if self.precision is None else PRECISIONS[self.precision]
 
 
+def block_budget(opts: EngineOptions) -> int:
+    """The block budget in elements: the option, else small (cache-sized) on CPUs and large on accelerators."""
+    if opts.block_elements is not None:
+        return opts.block_elements
+    return CPU_BLOCK_ELEMENTS if jax.default_backend() == "cpu" else ACCELERATOR_BLOCK_ELEMENTS
+
+
+# ----------------------------------------------------------------------------- affinities and gathers
 def safe_norm(f: jnp.ndarray) -> jnp.ndarray:
     """max(||f||, 1e-12) over the last axis, written so that a zero vector has a zero (not NaN) gradient."""
     sq = jnp.sum(f * f, axis=-1)
@@ -78,29 +80,28 @@ def gather_rows(table: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
     return flat.reshape(g, r, k, table.shape[-1])
 
 
-def candidate_features(sel: jnp.ndarray, cand: Optional[jnp.ndarray]) -> jnp.ndarray:
-    """The candidates' selection features [G, S, F], without gradient (selection is piecewise constant)."""
-    sel = lax.stop_gradient(sel)
+def candidate_features(feats: jnp.ndarray, cand: Optional[jnp.ndarray]) -> jnp.ndarray:
+    """The candidates' features [G, S, F] (every token when cand is None; cand [S] shared or [G, S] per group)."""
     if cand is None:
-        return sel
+        return feats
     if cand.ndim == 1:
-        return jnp.take(sel, cand, axis=1)
-    return jnp.take_along_axis(sel, cand[:, :, None], axis=1)
+        return jnp.take(feats, cand, axis=1)
+    return jnp.take_along_axis(feats, cand[:, :, None], axis=1)
 
 
-def select_block(cfg: ConvNNConfig, q: jnp.ndarray, qtok: jnp.ndarray, cand_feats: jnp.ndarray,
-                 cand: Optional[jnp.ndarray], precision: Any) -> jnp.ndarray:
-    """Token indices [G, R, K] of one block in rank order (self in slot 0 when self_first)."""
+def select_block(q: jnp.ndarray, qtok: jnp.ndarray, cand_feats: jnp.ndarray, cand: Optional[jnp.ndarray], *,
+                 k: int, metric: str, self_first: bool, precision: Any) -> jnp.ndarray:
+    """Token indices [G, R, K] of one block in rank order (the query in slot 0 when self_first)."""
     g, r = q.shape[0], q.shape[1]
-    aff = affinity_block(cfg.metric, lax.stop_gradient(q), cand_feats, precision)
+    aff = affinity_block(metric, q, cand_feats, precision)
     s = aff.shape[-1]
-    if cfg.self_first:
+    if self_first:
         cand_tok = lax.broadcasted_iota(qtok.dtype, (1, 1, s), 2) if cand is None else (
             cand[None, None, :] if cand.ndim == 1 else cand[:, None, :])
         aff = jnp.where(cand_tok == qtok[None, :, None], -jnp.inf, aff)
-    slots = cfg.k - 1 if cfg.self_first else cfg.k
+    slots = k - 1 if self_first else k
     parts = []
-    if cfg.self_first:
+    if self_first:
         parts.append(jnp.broadcast_to(qtok[None, :, None], (g, r, 1)))
     if slots > 0:
         pos = top_k_lower_index(aff, slots).astype(qtok.dtype)
@@ -110,144 +111,95 @@ def select_block(cfg: ConvNNConfig, q: jnp.ndarray, qtok: jnp.ndarray, cand_feat
             tok = cand[pos]
         else:
             tok = jnp.take_along_axis(cand[:, None, :], pos, axis=-1)
-        parts.append(tok)
-    tok = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-    return lax.stop_gradient(tok)
+        parts.append(tok.astype(qtok.dtype))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
-def slot_affinities(cfg: ConvNNConfig, q: jnp.ndarray, sel: jnp.ndarray, tok: jnp.ndarray) -> jnp.ndarray:
-    """The selected affinities [G, R, K], recomputed from the features so that they are differentiable."""
-    return paired_affinity(cfg.metric, q[:, :, None, :], gather_rows(sel, tok))
-
-
-def slot_weights(cfg: ConvNNConfig, aff: jnp.ndarray) -> jnp.ndarray:
-    """rho: softmax over the K slots; slot 0 uses self_logit when the config sets one."""
-    self_logit = cfg.softmax_self_logit
-    if self_logit is not None:
-        aff = jnp.concatenate([jnp.full(aff.shape[:-1] + (1,), self_logit, dtype=aff.dtype), aff[..., 1:]], axis=-1)
-    return jax.nn.softmax(aff, axis=-1)
-
-
-def position_order(tok: jnp.ndarray, *aligned: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
-    """Re-sort the K slots by token index (order='position'), carrying aligned arrays along."""
-    return tuple(lax.sort((tok,) + aligned, dimension=-1, num_keys=1))
-
-
+# ----------------------------------------------------------------------------- blocks of samples and rows
 def plan_blocks(n_samples: int, n_query: int, per_row: int, budget: int) -> tuple[int, int]:
     """(samples per block, query rows per block) so that one block's largest temporary fits `budget` elements.
 
-    Whole samples are grouped while they fit; a sample too big on its own is split into row blocks.
+    Whole samples are grouped while they fit (the groups balanced, so the padding of the last one
+    stays small); a sample too big on its own is split into balanced row blocks.
     """
     per_sample = n_query * per_row
     if per_sample <= budget:
-        return max(1, min(n_samples, budget // per_sample)), n_query
+        fit = max(1, min(n_samples, budget // per_sample))
+        groups = -(-n_samples // fit)
+        return -(-n_samples // groups), n_query
     blocks = -(-per_sample // max(budget, 1))
     return 1, -(-n_query // blocks)
 
 
-def _pad_axis0(a: jnp.ndarray, size: int) -> jnp.ndarray:
-    extra = size - a.shape[0]
-    return a if extra == 0 else jnp.concatenate([a, jnp.zeros((extra,) + a.shape[1:], a.dtype)], axis=0)
+def _pad_axis(a: jnp.ndarray, axis: int, size: int) -> jnp.ndarray:
+    """a padded to `size` along axis by repeating its first entry (a valid row of any kind: index, feature, weight)."""
+    extra = size - a.shape[axis]
+    if extra == 0:
+        return a
+    first = lax.slice_in_dim(a, 0, 1, axis=axis)
+    shape = list(a.shape)
+    shape[axis] = extra
+    return jnp.concatenate([a, jnp.broadcast_to(first, tuple(shape))], axis=axis)
 
 
-def _map_rows(fn: Callable[..., Any], q: jnp.ndarray, qtok: jnp.ndarray, consts: Any, rows: int) -> Any:
-    """fn(q_block [G, R, F], qtok_block [R], consts) over row blocks of q [G, Nq, F]; outputs joined on axis 1."""
-    g, n, f = q.shape
+def _leading(tree: Any) -> tuple[int, int]:
+    leaf = jax.tree_util.tree_leaves(tree)[0]
+    return int(leaf.shape[0]), int(leaf.shape[1])
+
+
+def _map_rows(fn: Callable[..., Any], rowed: Any, row_consts: Any, consts: Any, rows: int) -> Any:
+    """fn(rowed_block [g, R, ...], row_consts_block [R, ...], consts) over row blocks; outputs joined on axis 1."""
+    g, n = _leading(rowed)
     if rows >= n:
-        return fn(q, qtok, consts)
+        return fn(rowed, row_consts, consts)
     blocks = -(-n // rows)
-    pad = blocks * rows - n
-    if pad:
-        q = jnp.concatenate([q, jnp.zeros((g, pad, f), q.dtype)], axis=1)
-        qtok = jnp.concatenate([qtok, jnp.broadcast_to(qtok[:1], (pad,))])
-    qb = jnp.moveaxis(q.reshape(g, blocks, rows, f), 1, 0)
-    out = lax.map(lambda args: fn(args[0], args[1], consts), (qb, qtok.reshape(blocks, rows)))
+
+    def split_rowed(a: jnp.ndarray) -> jnp.ndarray:
+        a = _pad_axis(a, 1, blocks * rows)
+        return jnp.moveaxis(a.reshape((g, blocks, rows) + a.shape[2:]), 1, 0)
+
+    def split_row_consts(a: jnp.ndarray) -> jnp.ndarray:
+        a = _pad_axis(a, 0, blocks * rows)
+        return a.reshape((blocks, rows) + a.shape[1:])
+
+    args = (jax.tree_util.tree_map(split_rowed, rowed), jax.tree_util.tree_map(split_row_consts, row_consts))
+    out = lax.map(lambda a: fn(a[0], a[1], consts), args)
 
     def join(a: jnp.ndarray) -> jnp.ndarray:
-        a = jnp.moveaxis(a, 0, 1)  # [X, blocks, R, ...]
+        a = jnp.moveaxis(a, 0, 1)  # [x, blocks, R, ...]
         return a.reshape((a.shape[0], blocks * rows) + a.shape[3:])[:, :n]
 
     return jax.tree_util.tree_map(join, out)
 
 
-def map_blocks(fn: Callable[..., Any], q: jnp.ndarray, qtok: jnp.ndarray, consts: Any, *, heads: int,
-               per_row: int, budget: int) -> Any:
-    """Run fn(q_block [g, R, F], qtok_block [R], consts_block) -> pytree of [x, R, ...] over blocks of samples and rows.
+def map_blocks(fn: Callable[..., Any], rowed: Any, consts: Any, *, row_consts: Any = None, heads: int = 1,
+               per_row: int, budget: int, remat: bool = False) -> Any:
+    """Run fn(rowed_block, row_consts_block, consts_block) -> pytree of [x, R, ...] over blocks of samples and rows.
 
-    q [G, Nq, F] and every leaf of consts [G, ...] hold G = B * heads groups (the heads of one sample
-    stay in one block); per_row is the largest temporary per query row and group. Outputs are
-    joined to [B, Nq, ...]. Blocks run under lax.map and are rematerialised in the backward pass
-    except for the values tagged NEIGHBORS_NAME.
+    rowed: pytree of [G, Nq, ...] (G = B * heads groups, the heads of one sample stay in one block);
+    row_consts: pytree of [Nq, ...] shared by every group (e.g. the query token indices); consts:
+    pytree of [G, ...] per group. per_row is the largest temporary per query row and group. An
+    output leaf holds x = g (one row per group) or g / heads (per sample) rows per block; leaves
+    are joined to [G, Nq, ...] or [B, Nq, ...]. remat: rematerialise each block in the backward pass.
     """
-    g_total, n_query, _ = q.shape
+    g_total, n_query = _leading(rowed)
     batch = g_total // heads
     per_sample, rows = plan_blocks(batch, n_query, heads * per_row, budget)
-    body = jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(NEIGHBORS_NAME))
+    body = jax.checkpoint(fn) if remat else fn
     groups = -(-batch // per_sample)
     if groups == 1:
-        return _map_rows(body, q, qtok, consts, rows)
+        return _map_rows(body, rowed, row_consts, consts, rows)
     size = groups * per_sample * heads
 
     def split(a: jnp.ndarray) -> jnp.ndarray:
-        a = _pad_axis0(a, size)
+        a = _pad_axis(a, 0, size)
         return a.reshape((groups, per_sample * heads) + a.shape[1:])
 
-    out = lax.map(lambda args: _map_rows(body, args[0], qtok, args[1], rows),
-                  (split(q), jax.tree_util.tree_map(split, consts)))
-    return jax.tree_util.tree_map(lambda a: a.reshape((groups * a.shape[1],) + a.shape[2:])[:batch], out)
+    out = lax.map(lambda a: _map_rows(body, a[0], row_consts, a[1], rows),
+                  (jax.tree_util.tree_map(split, rowed), jax.tree_util.tree_map(split, consts)))
 
+    def join(a: jnp.ndarray) -> jnp.ndarray:
+        valid = batch * (a.shape[1] // per_sample)
+        return a.reshape((groups * a.shape[1],) + a.shape[2:])[:valid]
 
-def _per_group_candidates(cand: Optional[jnp.ndarray]) -> tuple[Optional[jnp.ndarray], Optional[jnp.ndarray]]:
-    """(shared [S] candidates or None, per-group [G, S] candidates or None)."""
-    if cand is None or cand.ndim == 1:
-        return cand, None
-    return None, cand
-
-
-def neighbors(cfg: ConvNNConfig, q: jnp.ndarray, sel: jnp.ndarray, qtok: jnp.ndarray,
-              cand: Optional[jnp.ndarray], opts: EngineOptions) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Indices and affinities [G, Nq, K] (cfg.order applied) for queries q [G, Nq, F] against sel [G, N, F]."""
-    precision = _precision(opts)
-    shared, own = _per_group_candidates(cand)
-    consts = {"sel": sel, "cand_feats": candidate_features(sel, cand), "cand": own}
-    per_row = max(consts["cand_feats"].shape[1], cfg.k * sel.shape[-1])
-
-    def block(qb: jnp.ndarray, tb: jnp.ndarray, c: dict) -> tuple[jnp.ndarray, jnp.ndarray]:
-        cb = shared if c["cand"] is None else c["cand"]
-        tok = checkpoint_name(select_block(cfg, qb, tb, c["cand_feats"], cb, precision), NEIGHBORS_NAME)
-        aff = slot_affinities(cfg, qb, c["sel"], tok)
-        return position_order(tok, aff) if cfg.order == "position" else (tok, aff)
-
-    return map_blocks(block, q, qtok, consts, heads=1, per_row=per_row, budget=block_budget(opts))
-
-
-def aggregate(cfg: ConvNNConfig, q: jnp.ndarray, sel: jnp.ndarray, values: jnp.ndarray, qtok: jnp.ndarray,
-              cand: Optional[jnp.ndarray], reduce: Callable[[jnp.ndarray], jnp.ndarray], opts: EngineOptions,
-              heads: int = 1) -> jnp.ndarray:
-    """reduce(rho-weighted gathered values [g, R, K, C]) -> [g / heads, R, O] per block, joined to [B, Nq, O]."""
-    precision = _precision(opts)
-    shared, own = _per_group_candidates(cand)
-    consts = {"sel": sel, "values": values, "cand_feats": candidate_features(sel, cand), "cand": own}
-    per_row = max(consts["cand_feats"].shape[1], cfg.k * values.shape[-1], cfg.k * sel.shape[-1])
-
-    def block(qb: jnp.ndarray, tb: jnp.ndarray, c: dict) -> jnp.ndarray:
-        cb = shared if c["cand"] is None else c["cand"]
-        tok = checkpoint_name(select_block(cfg, qb, tb, c["cand_feats"], cb, precision), NEIGHBORS_NAME)
-        rho = None
-        if cfg.weighting == "softmax":
-            rho = slot_weights(cfg, slot_affinities(cfg, qb, c["sel"], tok))
-        if cfg.order == "position":
-            tok, rho = position_order(tok, rho) if rho is not None else (position_order(tok)[0], None)
-        gathered = gather_rows(c["values"], tok)
-        if rho is not None:
-            gathered = gathered * rho[..., None]
-        return reduce(gathered)
-
-    return map_blocks(block, q, qtok, consts, heads=heads, per_row=per_row, budget=block_budget(opts))
-
-
-def block_budget(opts: EngineOptions) -> int:
-    """The block budget in elements: the option, else small (cache-sized) on CPUs and large on accelerators."""
-    if opts.block_elements is not None:
-        return opts.block_elements
-    return CPU_BLOCK_ELEMENTS if jax.default_backend() == "cpu" else ACCELERATOR_BLOCK_ELEMENTS
+    return jax.tree_util.tree_map(join, out)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from convnn_core.vocabulary import check_adamw_hyperparameters
+from convnn.vocabulary import check_adamw_hyperparameters
 
 
 class AdamW:

@@ -1,27 +1,21 @@
-"""The numba backend object: ConvNN ops on numba kernels plus the NumPy vocabulary traced by HIPS autograd."""
+"""The numba backend object: the pipeline's ConvNN ops on numba kernels plus the NumPy vocabulary traced by autograd."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import autograd.numpy as anp
 import numpy as np
 
-from backends.numpy.vocab import NumpyOps
+from convnn.backend_base import PipelineOps
+from convnn.backends.common.numpy_ops import NumpyOps
+from convnn.kernels import Capabilities
+from convnn.vocabulary import ATTENTION_OPS, CONVNN_OPS
 
-from . import layers, threads
-
-
-def _with_threads(op: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(op)
-    def run(self: "NumbaBackend", *args: Any, **kwargs: Any) -> Any:
-        threads.configure(self.threads)
-        return op(*args, **kwargs)
-
-    return run
+from . import threads
+from .kernels import DTYPES, NumbaKernels
 
 
-class NumbaBackend(NumpyOps):
+class NumbaBackend(PipelineOps, NumpyOps):
     """ConvNN on numba (forward and backward kernels, autograd primitives) and the rest on autograd NumPy.
 
     Arrays are NumPy arrays; `value_and_grad` is HIPS autograd, so a model trains with no torch or jax.
@@ -30,14 +24,14 @@ class NumbaBackend(NumpyOps):
     name = "numba"
     xp = np
 
-    def __init__(self, threads_: Optional[int] = None) -> None:
-        super().__init__(anp)
+    def __init__(self, threads_: Optional[int] = None, check_inputs: bool = True) -> None:
+        NumpyOps.__init__(self, anp)
         self.threads = threads.configure(threads_)
+        self.kernels = NumbaKernels(self.threads, check_inputs)
+        self.capabilities = Capabilities(
+            dtypes=DTYPES, devices=("cpu",), device="cpu", differentiable=CONVNN_OPS + ATTENTION_OPS,
+            trainable=True, compiles=False, compile_by_default=False, int64_labels=True, memory="host",
+        )
 
     def __repr__(self) -> str:
         return f"<convnn backend 'numba' ({self.threads} threads)>"
-
-    convnn2d = _with_threads(layers.convnn2d)
-    convnn1d = _with_threads(layers.convnn1d)
-    convnn_attention = _with_threads(layers.convnn_attention)
-    select_neighbors = _with_threads(layers.select_neighbors)

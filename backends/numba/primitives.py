@@ -11,6 +11,8 @@ from typing import Optional
 import numpy as np
 from autograd.extend import defvjp_argnums, primitive
 
+from convnn.kernels import METRIC_CODES
+
 from . import gather_kernels, select_kernels, slot_kernels
 from .threads import parallel_region
 
@@ -36,7 +38,7 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
     out = np.empty((b, heads, nq, k), dtype=np.int64)
     rows = select_kernels.rows_per_block(nq, cand.shape[1])
     with parallel_region():
-        select_kernels.select_topk(q, q_rows, kf, cand, queries, heads, select_kernels.METRIC_CODES[metric], slots,
+        select_kernels.select_topk(q, q_rows, kf, cand, queries, heads, METRIC_CODES[metric], slots,
                                    bool(self_first), rows, out)
     return out
 
@@ -49,7 +51,7 @@ def slot_affinity(q: np.ndarray, kf: np.ndarray, idx: np.ndarray, metric: str) -
     kf = _c(kf, q.dtype)
     out = np.empty(idx.shape, dtype=q.dtype)
     with parallel_region():
-        slot_kernels.slot_affinity(q, kf, _c(idx, np.int64), select_kernels.METRIC_CODES[metric], out)
+        slot_kernels.slot_affinity(q, kf, _c(idx, np.int64), METRIC_CODES[metric], out)
     return out
 
 
@@ -62,7 +64,7 @@ def _slot_affinity_vjp(argnums, ans, args, kwargs):
         dq = np.zeros_like(qc)
         dk = np.zeros_like(kc)
         with parallel_region():
-            slot_kernels.slot_affinity_grad(qc, kc, _c(idx, np.int64), select_kernels.METRIC_CODES[metric],
+            slot_kernels.slot_affinity_grad(qc, kc, _c(idx, np.int64), METRIC_CODES[metric],
                                             _c(g, qc.dtype), dq, dk)
         grads = {0: dq, 1: dk}
         return tuple(grads[n] for n in argnums)

@@ -12,12 +12,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-METRIC_COSINE = 0
-METRIC_EUCLIDEAN = 1
-METRIC_DOT = 2
-METRIC_CODES = {"cosine": METRIC_COSINE, "euclidean": METRIC_EUCLIDEAN, "dot": METRIC_DOT}
+from convnn.affinity import EPS_NORM
 
-EPS_NORM = 1e-12
 BLOCK_ELEMENTS = 65536  # affinity entries per row block: 256 KiB in float32, 512 KiB in float64
 SMALL_FEATURES = 8  # below this width the affinities are plain loops (a GEMM would not pay off)
 

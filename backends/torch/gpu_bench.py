@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,9 +62,9 @@ def floor_us(flops: float, bytes_moved: float, dtype: str) -> float:
 
 
 def bench_layer(dtype_name: str, results: dict) -> None:
-    from convnn_core import ConvNNConfig
+    from convnn import ConvNNConfig
 
-    from . import convnn
+    from .backend import TorchBackend
 
     dtype = getattr(torch, dtype_name)
     bsz, c, o, h, w, k = 128, 64, 64, 32, 32, 9
@@ -71,11 +72,11 @@ def bench_layer(dtype_name: str, results: dict) -> None:
     x = torch.randn(bsz, c, h, w, device="cuda", dtype=dtype, generator=g)
     weight = (torch.randn(o, c, k, device="cuda", dtype=dtype, generator=g) * 0.05)
     bias = torch.zeros(o, device="cuda", dtype=dtype)
-    opts = convnn.RunOptions(check_inputs=False)
+    fused_be = TorchBackend("cuda", check_inputs=False)
+    eager_be = TorchBackend("cuda", check_inputs=False, fused=False)
     cfg = ConvNNConfig()
-    ours = lambda: convnn.convnn2d(x, weight, bias, cfg, options=opts)  # noqa: E731
-    ours_unfused = lambda: convnn.convnn2d(x, weight, bias, cfg, options=convnn.RunOptions(  # noqa: E731
-        check_inputs=False, fused=False))
+    ours = lambda: fused_be.convnn2d(x, weight, bias, cfg)  # noqa: E731
+    ours_unfused = lambda: eager_be.convnn2d(x, weight, bias, cfg)  # noqa: E731
     ref = lambda: reference_layer(x, weight, bias)  # noqa: E731
     conv = lambda: F.conv2d(x, weight[..., :9].reshape(o, c, 3, 3), bias, padding=1)  # noqa: E731
     with torch.no_grad():
@@ -92,7 +93,7 @@ def bench_layer(dtype_name: str, results: dict) -> None:
     wg = weight.clone().requires_grad_(True)
 
     def train_ours():
-        convnn.convnn2d(xg, wg, bias, cfg, options=opts).float().sum().backward()
+        fused_be.convnn2d(xg, wg, bias, cfg).float().sum().backward()
 
     def train_ref():
         reference_layer(xg, wg, bias).float().sum().backward()
@@ -113,9 +114,12 @@ def bench_layer(dtype_name: str, results: dict) -> None:
 
 
 def bench_attention(dtype_name: str, results: dict) -> None:
-    from convnn_core import attention_config
+    from convnn import attention_config
 
-    from . import convnn
+    from convnn import pipeline
+
+    from .backend import TorchBackend
+    from .kernels import split_heads
 
     dtype = getattr(torch, dtype_name)
     bsz, n, d, heads, k = 128, 197, 192, 3, 9
@@ -125,22 +129,20 @@ def bench_attention(dtype_name: str, results: dict) -> None:
               for name in ("wq", "wk", "wv", "wo")}
     params["taps"] = torch.ones(d, k, device="cuda", dtype=dtype)
     cfg = attention_config(k)
-    opts = convnn.RunOptions(check_inputs=False)
-    q, kk, v = (convnn.split_heads(x @ params[nm].t(), heads) for nm in ("wq", "wk", "wv"))
-    from . import ops
-
-    queries = torch.arange(n, device="cuda")
+    be = TorchBackend("cuda", check_inputs=False)
+    kern = be.kernels
+    qf, kf, vf = (x @ params[nm].t() for nm in ("wq", "wk", "wv"))
+    q, kk, v = (split_heads(t, heads) for t in (qf, kf, vf))
+    queries = np.arange(n, dtype=np.int64)
 
     def core_ours():
-        idx, rho, _ = convnn.neighbours_and_weights(cfg, q, kk, queries, None, dtype)
-        return ops.gather_taps(v.contiguous(), idx, rho, params["taps"].reshape(heads, d // heads, k), None,
-                               "depthwise", False)
+        idx = pipeline.neighbours(kern, cfg, kf, queries, None, heads, query_feats=qf)
+        rho = pipeline.slot_weights(kern, cfg, kf, queries, idx, heads, query_feats=qf)
+        return kern.gather_taps(vf, idx, rho, params["taps"], taps=cfg.taps)
 
     core_sdpa = lambda: F.scaled_dot_product_attention(q.unsqueeze(0), kk.unsqueeze(0), v.unsqueeze(0))  # noqa
-    layer_ours = lambda: convnn.convnn_attention(x, params, cfg, heads=heads, options=opts)  # noqa: E731
-    from . import baselines
-
-    layer_sdpa = lambda: baselines.multihead_attention(x, params, heads=heads)  # noqa: E731
+    layer_ours = lambda: be.convnn_attention(x, params, cfg, heads=heads)  # noqa: E731
+    layer_sdpa = lambda: be.multihead_attention(x, params, heads=heads)  # noqa: E731
     with torch.no_grad():
         t_core, _ = cuda_time(core_ours)
         t_sdpa, _ = cuda_time(core_sdpa)

@@ -4,6 +4,11 @@ Images are NCHW, token sequences [B, N, D]. Arguments are named like nn.Conv2d /
 where they mean the same. Sampled layers draw their candidates per call in training; in evaluation
 they reuse one draw seeded per layer (the `sample_seed` buffer, saved in the state_dict) unless
 `resample=True`. Randomness comes from torch's global RNG, so torch.manual_seed makes runs repeatable.
+
+The ConvNN modules run the same pipeline (convnn.pipeline) on the same kernels (kernels.py) as the
+functional ops of `convnn.get_backend("torch")`, with the same input checks: NaN or inf inputs are
+refused with a ValueError wherever their values can be read (eager calls; under torch.compile the
+values are not readable while tracing, so the compiled graph carries no check and no host sync).
 """
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from convnn_core.config import ConvNNConfig, attention_config
+from convnn import pipeline
+from convnn.config import ConvNNConfig, attention_config
 
-from . import baselines, convnn
-from .convnn import RunOptions
-from .rng import TorchRngKey
+from . import attention
+from .arrays import TorchRngKey
+from .kernels import RunOptions, TorchKernels
 
 _CONFIG_FIELDS = ("select", "metric", "blend", "sampling", "num_samples", "self_first", "order", "aggregate_coords",
                   "weighting", "self_logit", "taps", "shuffle_scale")
@@ -28,8 +34,17 @@ def _fresh_seed() -> int:
     return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
 
 
+def _device_kernels(deterministic: bool, fused: bool) -> dict:
+    """The kernels a module runs on, one per device type (picked by the input's device in forward)."""
+    options = RunOptions(deterministic=bool(deterministic), fused=bool(fused))
+    return {kind: TorchKernels(kind, options) for kind in ("cpu", "cuda")}
+
+
 class _Sampled(nn.Module):
-    """Shared by the ConvNN modules: the per-layer eval seed and the choice of candidates per call."""
+    """Shared by the ConvNN modules: the per-layer eval seed, the choice of candidates per call and the kernels."""
+
+    def _kernels(self, x: torch.Tensor) -> TorchKernels:
+        return self.device_kernels[x.device.type]
 
     def _init_sampling(self, cfg: ConvNNConfig, resample: bool, seed: Optional[int]) -> None:
         self.resample = bool(resample)
@@ -104,14 +119,14 @@ class ConvNN2d(_Sampled):
         s = self.config.shuffle_scale
         coords = 2 if self.config.aggregate_coords else 0
         c_agg = self.in_channels * s * s + coords
-        self.run_options = RunOptions(deterministic=deterministic, fused=fused, check_inputs=False)
+        self.device_kernels = _device_kernels(deterministic, fused)
         _taps_parameters(self, self.config, c_agg, self.out_channels * s * s, bias, {"device": device, "dtype": dtype})
         self._init_sampling(self.config, resample, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y [B, out_channels, H, W]."""
-        return convnn.convnn2d(x, self.weight, self.bias, self.config, rng=self._rng(self.config),
-                               options=self.run_options)
+        return pipeline.convnn_nd(self._kernels(x), x, self.weight, self.bias, self.config, 2,
+                                  rng=self._rng(self.config))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, {_cfg_repr(self.config)}, bias={self.bias is not None}"
@@ -129,14 +144,14 @@ class ConvNN1d(_Sampled):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         s = self.config.shuffle_scale
         c_agg = self.in_channels * s + (1 if self.config.aggregate_coords else 0)
-        self.run_options = RunOptions(deterministic=deterministic, fused=fused, check_inputs=False)
+        self.device_kernels = _device_kernels(deterministic, fused)
         _taps_parameters(self, self.config, c_agg, self.out_channels * s, bias, {"device": device, "dtype": dtype})
         self._init_sampling(self.config, resample, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y [B, out_channels, L]."""
-        return convnn.convnn1d(x, self.weight, self.bias, self.config, rng=self._rng(self.config),
-                               options=self.run_options)
+        return pipeline.convnn_nd(self._kernels(x), x, self.weight, self.bias, self.config, 1,
+                                  rng=self._rng(self.config))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, {_cfg_repr(self.config)}, bias={self.bias is not None}"
@@ -212,7 +227,7 @@ class ConvNNAttention(_AttentionBase, _Sampled):
         else:
             self.taps = nn.Parameter(torch.empty((d, d, kk), **factory))
             nn.init.kaiming_uniform_(self.taps, a=math.sqrt(5))
-        self.run_options = RunOptions(deterministic=deterministic, fused=True, check_inputs=False)
+        self.device_kernels = _device_kernels(deterministic, True)
         self._init_sampling(self.config, resample, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,8 +237,7 @@ class ConvNNAttention(_AttentionBase, _Sampled):
         rng = self._rng(self.config)
         if kw["rng"] is None:
             kw["rng"] = rng
-        return convnn.convnn_attention(x, params, self.config, heads=self.num_heads, options=self.run_options,
-                                       **kw)
+        return pipeline.convnn_attention(self._kernels(x), x, params, self.config, heads=self.num_heads, **kw)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, {_cfg_repr(self.config)}, dropout={self.dropout}"
@@ -239,7 +253,7 @@ class MultiHeadSelfAttention(_AttentionBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y [B, N, D]."""
-        return baselines.multihead_attention(x, self._params(), heads=self.num_heads, **self._dropout_kw())
+        return attention.multihead_attention(x, self._params(), heads=self.num_heads, **self._dropout_kw())
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
@@ -256,7 +270,7 @@ class KVTAttention(_AttentionBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y [B, N, D]."""
-        return baselines.kvt_attention(x, self._params(), self.k, heads=self.num_heads, **self._dropout_kw())
+        return attention.kvt_attention(x, self._params(), self.k, heads=self.num_heads, **self._dropout_kw())
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, k={self.k}, dropout={self.dropout}"
@@ -273,7 +287,7 @@ class LocalAttention(_AttentionBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y [B, N, D]."""
-        return baselines.local_attention(x, self._params(), self.window, heads=self.num_heads, **self._dropout_kw())
+        return attention.local_attention(x, self._params(), self.window, heads=self.num_heads, **self._dropout_kw())
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, window={self.window}, dropout={self.dropout}"
@@ -292,7 +306,7 @@ class SparseAttention(_AttentionBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """y [B, N, D]."""
-        return baselines.sparse_attention(x, self._params(), self.mode, self.width, heads=self.num_heads,
+        return attention.sparse_attention(x, self._params(), self.mode, self.width, heads=self.num_heads,
                                           **self._dropout_kw())
 
     def extra_repr(self) -> str:

@@ -201,26 +201,3 @@ def select_topk(
             idx[:, :, 0] = queries[None, :]
             aff[:, :, 0] = paired_affinity(metric, qf, kf.index_select(1, queries).unsqueeze(-2))[..., 0]
         return idx, aff
-
-
-def check_available(k: int, self_first: bool, queries: Optional[torch.Tensor], cand: Optional[torch.Tensor],
-                    n_tokens: int) -> None:
-    """The spec's error when fewer candidates exist than slots (message as in convnn_core.selection)."""
-    needed = k - 1 if self_first else k
-    n_cand = n_tokens if cand is None else int(cand.shape[-1])
-    available = n_cand
-    if self_first and n_cand > 0:
-        if cand is None:
-            has_self = queries is not None and queries.numel() > 0
-        elif torch.compiler.is_compiling():
-            has_self = True
-        else:
-            has_self = bool(torch.isin(cand, queries).any())
-        if has_self:
-            available = n_cand - 1
-    if available < needed:
-        what = "other candidates besides the query itself" if self_first else "candidates"
-        raise ValueError(
-            f"ConvNNConfig.k={k} needs {needed} {what}, but only {available} are available "
-            f"(candidate count {n_cand}); lower k or use more candidates"
-        )

@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from convnn_core.tree import tree_leaves, tree_map
-from convnn_core.vocabulary import check_adamw_hyperparameters
+from convnn.tree import tree_leaves, tree_map
+from convnn.vocabulary import check_adamw_hyperparameters
 
 
 def _rebuild(tree: Any, leaves: list) -> Any:

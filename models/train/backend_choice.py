@@ -1,45 +1,57 @@
-"""Which backend trains when the config says backend='auto'."""
+"""Which backend trains (or evaluates) a zoo model: a name, or 'auto' through the registry's one policy."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
-from convnn_core.registry import BackendUnavailable, backend_status, get_backend
+from convnn.registry import BACKENDS, BackendUnavailable, resolve_auto
 
-CPU_TRAINING_ORDER = ("numba", "torch", "jax", "numpy")
-
-
-def uses_convnn(model: str, options: dict[str, Any]) -> bool:
-    """Whether the model has ConvNN layers (which the forward-only numpy oracle cannot train)."""
-    if model.startswith("vgg"):
-        return options.get("layer", "conv") in ("convnn", "branching")
-    return options.get("attention", "attention") in ("convnn", "branching")
+from ..registry import model_uses_convnn
 
 
-def resolve_training_backend(name: str, model: str, options: dict[str, Any]) -> tuple[Any, str]:
-    """(backend object, why it was chosen).
+class BackendCannotTrain(NotImplementedError):
+    """The chosen backend cannot train this model (its capabilities say why)."""
 
-    'auto' is the registry's rule (torch on a CUDA GPU, else numba) extended for training: without
-    numba it takes torch on the CPU, then jax, and numpy (autograd) only for models without ConvNN.
+
+class BackendLoadError(BackendUnavailable):
+    """The chosen backend is installed but failed to load with the options the run needs."""
+
+
+def trainers_text() -> str:
+    """'numba, torch or jax': the registered backends that train ConvNN layers, in the registry's order."""
+    names = [n for n in BACKENDS if BACKENDS[n].trains_convnn]
+    if len(names) < 2:
+        return names[0] if names else "no registered backend"
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def resolve_training_backend(name: str, model: str, options: dict[str, Any], *, dtype: Optional[str] = None,
+                             train: bool = True) -> tuple[Any, str]:
+    """(backend object, why it was chosen) for a model `model` with `options`, computing in `dtype`.
+
+    'auto' is registry.resolve_auto('train', uses_convnn=...), on the device it picks. A backend that fails
+    to load raises BackendLoadError naming it; with train=True a backend whose capabilities cannot train
+    the model raises BackendCannotTrain. Nothing falls back to another backend.
     """
-    if name != "auto":
-        return get_backend(name), f"backend {name!r} asked for by name"
-    from convnn_core.registry import _cuda_available
+    from convnn.conformance.runner import LOAD_ERRORS, load_backend
 
-    cuda, _ = _cuda_available()
-    if cuda:
-        return get_backend("torch"), "auto: torch on the CUDA GPU"
-    passed = []
-    for candidate in CPU_TRAINING_ORDER:
-        ok, why = backend_status(candidate)
-        if candidate == "numpy" and ok and uses_convnn(model, options):
-            ok, why = False, "forward only for ConvNN layers"
-        if ok:
-            try:
-                backend = get_backend(candidate)
-            except Exception as err:  # a backend that is present but broken is reported, not fatal
-                passed.append(f"{candidate}: {err}")
-                continue
-            reason = f"auto: {candidate} (CPU)" + (f"; passed over {'; '.join(passed)}" if passed else "")
-            return backend, reason
-        passed.append(f"{candidate}: {why}")
-    raise BackendUnavailable("no backend can train this model: " + "; ".join(passed))
+    uses_convnn = model_uses_convnn(model, options)
+    device: Optional[str] = None
+    if name == "auto":
+        choice = resolve_auto("train", uses_convnn=uses_convnn)
+        name, device = choice.name, choice.device
+        passed = "; ".join(f"{n}: {why}" for n, why in choice.passed_over if why != "lower in the auto order")
+        why = f"auto ({choice.device}): {choice.reason}" + (f"; passed over {passed}" if passed else "")
+    else:
+        why = f"backend {name!r} asked for by name"
+    try:
+        backend = load_backend(name, dtypes=(dtype,) if dtype else (), device=device)
+    except BackendUnavailable:
+        raise
+    except LOAD_ERRORS as err:
+        raise BackendLoadError(f"backend {name!r} ({why}) failed to load: {type(err).__name__}: {err}") from err
+    if train:
+        ok, cannot = backend.capabilities.can_train(uses_convnn)
+        if not ok:
+            raise BackendCannotTrain(f"backend {name!r} cannot train {model} with these options: it {cannot}; "
+                                     f"train it on {trainers_text()}")
+    return backend, why

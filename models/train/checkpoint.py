@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from convnn_core.tree import tree_items, unflatten
+from convnn.tree import tree_items, unflatten
 
 FORMAT = "convnn-checkpoint/1"
 GROUPS = ("params", "state", "opt")

@@ -42,7 +42,7 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: Optional[str] = None
     checkpoint_every: int = 0           # also save 'last' every N steps (0: at the end of each epoch only)
-    compile: str = "auto"               # auto: jax.jit on jax only; on: backend.compile everywhere; off
+    compile: str = "auto"               # auto: where capabilities.compile_by_default; on: backend.compile; off
     progress: bool = True
     preset: str = "paper"
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from convnn_core.tree import tree_map, unflatten
+from convnn.tree import tree_map, unflatten
 
 from ..data import DatasetNotFound, default_val_size, load_dataset, split_validation
 from ..data.dataset import Dataset
@@ -48,6 +48,42 @@ class RunResult:
     state: Any = None
     backend: str = ""
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """The state of one run that the stages of Trainer.run read and advance."""
+
+    run_dir: Path
+    backend: Any
+    why: str
+    model: Any
+    train: Dataset
+    val: Dataset
+    test_set: Optional[Dataset]
+    resize: Optional[int]
+    files: MetricsFiles
+    opt: Any
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    scheduled: bool
+    params: Any = None
+    state: Any = None
+    opt_state: Any = None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=lambda: _empty_sums())
+    label_dtype: str = "int64"
+    step_fn: Optional[Callable[..., Any]] = None
+    eval_logits: Optional[Callable[..., Any]] = None
+    eval_bs: int = 0
+    meta_base: dict[str, Any] = field(default_factory=dict)
+    t_epoch: float = 0.0
+    last_loss: float = float("nan")
 
 
 def set_seed(seed: int) -> None:
@@ -127,140 +163,176 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
+        """Train (or resume) to cfg.epochs, evaluating and checkpointing after each epoch; test at the end."""
+        set_seed(self.cfg.seed)  # before the model is built (SPEC.md section 8)
+        ckpt, run_dir = self._open_run()
+        r = self._build(run_dir)
+        self._write_config(r)
+        self._start(r, ckpt)
+        self._announce(r)
+        while r.epoch < self.cfg.epochs:
+            self._train_epoch(r)
+            self._end_epoch(r)
+        return self._finish(r)
+
+    def _open_run(self) -> tuple[Any, Path]:
+        """(checkpoint to resume or None, run folder): a resumed run keeps its folder and must match its config."""
+        if self.resume is None:
+            return None, self._new_run_dir()
+        ckpt = load_checkpoint(self.resume)
+        self._check_resume_config(ckpt.meta["train"])
+        return ckpt, ckpt.path.parent.parent
+
+    def _build(self, run_dir: Path) -> "_Run":
+        """The backend, the data (test split checked up front), the model and the schedule of a run."""
         cfg = self.cfg
-        set_seed(cfg.seed)  # before the model is built (SPEC.md section 8)
-        ckpt = None
-        if self.resume is not None:
-            ckpt = load_checkpoint(self.resume)
-            self._check_resume_config(ckpt.meta["train"])
-            run_dir = ckpt.path.parent.parent
-        else:
-            run_dir = self._new_run_dir()
-        backend, why = resolve_training_backend(cfg.backend, cfg.model, cfg.model_options)
+        backend, why = resolve_training_backend(cfg.backend, cfg.model, cfg.model_options, dtype=cfg.dtype)
         train, val = self._data()
         # asked-for test data must exist before hours of training, not after (no fallback when it is missing)
         test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, download=cfg.download) if cfg.test else None
         model = create_model(cfg.model, backend=backend, num_classes=train.num_classes,
                              **self._model_options(train))
-        resize = self._resize(model, train)
-        files = MetricsFiles(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-        resolved = {**cfg.resolved(), "resolved_backend": backend.name, "backend_reason": why,
-                    "model_config": model.config, "num_params": model.num_params(), "resize": resize,
-                    "train_images": len(train), "val_images": len(val), "data_source": train.source}
-        atomic_write_text(run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
-        opt = backend.adamw(cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-        total_steps = steps_per_epoch * cfg.epochs
         warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-        scheduled = cfg.schedule != "constant" or warmup_steps > 0
+        return _Run(run_dir=run_dir, backend=backend, why=why, model=model, train=train, val=val, test_set=test_set,
+                    resize=self._resize(model, train), files=MetricsFiles(run_dir),
+                    opt=backend.adamw(cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps),
+                    steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
+                    warmup_steps=warmup_steps, scheduled=cfg.schedule != "constant" or warmup_steps > 0)
 
+    def _write_config(self, r: "_Run") -> None:
+        """The run folder and its config.json (the resolved settings, the backend and why it was chosen)."""
+        r.run_dir.mkdir(parents=True, exist_ok=True)
+        (r.run_dir / "checkpoints").mkdir(exist_ok=True)
+        resolved = {**self.cfg.resolved(), "resolved_backend": r.backend.name, "backend_reason": r.why,
+                    "model_config": r.model.config, "num_params": r.model.num_params(), "resize": r.resize,
+                    "train_images": len(r.train), "val_images": len(r.val), "data_source": r.train.source}
+        atomic_write_text(r.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+
+    def _start(self, r: "_Run", ckpt: Any) -> None:
+        """Fresh parameters from the seed, or everything the checkpoint saved (metrics after it are dropped)."""
         if ckpt is None:
-            params, state = model.init(cfg.seed)
-            opt_state = opt.init(params)
-            epoch, step_in_epoch, global_step = 0, 0, 0
-            history: list[dict[str, Any]] = []
-            best: dict[str, Any] = {}
-            sums = _empty_sums()
-        else:
-            params, state, opt_state = self._restore(ckpt, model, opt)
-            epoch, step_in_epoch = int(ckpt.meta["epoch"]), int(ckpt.meta["step_in_epoch"])
-            global_step = int(ckpt.meta["global_step"])
-            history, best, sums = list(ckpt.meta["history"]), dict(ckpt.meta["best"]), dict(ckpt.meta["sums"])
-            files.truncate_after(global_step)
-            self.log(f"resuming {run_dir} at epoch {epoch + 1}, step {global_step}")
+            r.params, r.state = r.model.init(self.cfg.seed)
+            r.opt_state = r.opt.init(r.params)
+            return
+        r.params, r.state, r.opt_state = self._restore(ckpt, r.model, r.opt)
+        meta = ckpt.meta
+        r.epoch, r.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
+        r.global_step = int(meta["global_step"])
+        r.history, r.best, r.sums = list(meta["history"]), dict(meta["best"]), dict(meta["sums"])
+        r.files.truncate_after(r.global_step)
+        self.log(f"resuming {r.run_dir} at epoch {r.epoch + 1}, step {r.global_step}")
 
-        self.log(f"run {run_dir}: {model.name} ({model.num_params():,} params, {_opts(cfg.model_options)}) on "
-                 f"{backend.name} [{why}]; {cfg.dataset}: {len(train)} train / {len(val)} val images, "
-                 f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}")
-        label_dtype = _label_dtype(backend)
-        step_fn = self._step_fn(model, backend, opt, scheduled)
-        eval_logits = self._eval_fn(model, backend)
-        eval_bs = cfg.eval_batch_size or cfg.batch_size
-        meta_base = {"model": model.config, "train": cfg.resolved(), "backend": backend.name,
-                     "resize": resize, "dataset": {"name": cfg.dataset, "train": len(train), "val": len(val)}}
+    def _announce(self, r: "_Run") -> None:
+        """Build the step and evaluation functions, and print what runs where (earlier epochs of a resume too)."""
+        cfg, model, backend = self.cfg, r.model, r.backend
+        self.log(f"run {r.run_dir}: {model.name} ({model.num_params():,} params, {_opts(cfg.model_options)}) on "
+                 f"{backend.name} [{r.why}]; {cfg.dataset}: {len(r.train)} train / {len(r.val)} val images, "
+                 f"{cfg.epochs} epochs x {r.steps_per_epoch} steps of {cfg.batch_size}")
+        r.label_dtype = _label_dtype(backend)
+        r.step_fn = self._step_fn(model, backend, r.opt, r.scheduled)
+        r.eval_logits = self._eval_fn(model, backend)
+        r.eval_bs = cfg.eval_batch_size or cfg.batch_size
+        r.meta_base = {"model": model.config, "train": cfg.resolved(), "backend": backend.name, "resize": r.resize,
+                       "dataset": {"name": cfg.dataset, "train": len(r.train), "val": len(r.val)}}
         self._print_header()
-        for row in history:  # a resumed run shows its earlier epochs first
+        for row in r.history:  # a resumed run shows its earlier epochs first
             self._print_row(row)
 
-        while epoch < cfg.epochs:
-            perm = np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(train))
-            bar = self._bar(steps_per_epoch, step_in_epoch, epoch)
-            t_epoch = time.perf_counter()
-            for k in range(step_in_epoch, steps_per_epoch):
-                index = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-                t0 = time.perf_counter()
-                x_host = train.images[index]
-                if cfg.augment:
-                    x_host = random_crop_flip(x_host, np.random.default_rng(step_seed(cfg.seed, global_step, 1)))
-                x_host = normalise(x_host, train.mean, train.std)
-                if resize:
-                    x_host = resize_bilinear(x_host, resize)
-                x = backend.asarray(x_host, model.dtype)
-                y = backend.asarray(train.labels[index], label_dtype)
-                key = backend.make_rng(step_seed(cfg.seed, global_step, 0))
-                scale = lr_scale(cfg.schedule, global_step, total_steps, warmup_steps)
-                params, state, opt_state, loss, logits, gnorm = step_fn(params, state, opt_state, x, y, key,
-                                                                        scale)
-                loss_f = _float(backend, loss)
-                if not math.isfinite(loss_f):
-                    raise FloatingPointError(f"the training loss became {loss_f} at step {global_step + 1}; lower "
-                                             f"the learning rate (lr={cfg.lr}) or check the data")
-                correct = topk_correct(np.asarray(backend.to_numpy(logits)), train.labels[index])
-                dt = time.perf_counter() - t0
-                global_step += 1
-                n = len(index)
-                sums["loss"] += loss_f * n
-                sums["top1"] += correct[1]
-                sums["top5"] += correct[5]
-                sums["n"] += n
-                sums["seconds"] += dt
-                lr_now = cfg.lr * scale
-                files.step({"step": global_step, "epoch": epoch, "loss": loss_f, "top1": correct[1] / n,
-                            "lr": lr_now, "grad_norm": None if gnorm is None else _float(backend, gnorm),
-                            "images_per_second": n / dt if dt > 0 else None})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_f:.3f}", acc=f"{sums['top1'] / sums['n']:.3f}",
-                                    img_s=f"{sums['n'] / max(sums['seconds'], 1e-9):.0f}")
-                    bar.update(1)
-                step_in_epoch = k + 1
-                if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step_in_epoch < steps_per_epoch:
-                    self._save(run_dir / "checkpoints" / "last.safetensors", backend, params, state, opt_state,
-                               {**meta_base, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                                "global_step": global_step, "history": history, "best": best, "sums": sums})
-                if self.step_callback is not None:
-                    self.step_callback(global_step)
+    def _train_epoch(self, r: "_Run") -> None:
+        """The remaining steps of epoch r.epoch, in the order a function of (seed, epoch) fixes."""
+        cfg = self.cfg
+        perm = np.random.default_rng([cfg.seed, r.epoch, 7]).permutation(len(r.train))
+        bar = self._bar(r.steps_per_epoch, r.step_in_epoch, r.epoch)
+        r.t_epoch = time.perf_counter()
+        for k in range(r.step_in_epoch, r.steps_per_epoch):
+            self._train_step(r, perm[k * cfg.batch_size:(k + 1) * cfg.batch_size])
             if bar is not None:
-                bar.close()
-            val_metrics = evaluate(model, params, state, val, batch_size=eval_bs, resize=resize,
-                                   logits_fn=eval_logits, progress=cfg.progress, desc="validation")
-            row = {"epoch": epoch, "step": global_step, "train_loss": sums["loss"] / sums["n"],
-                   "train_top1": sums["top1"] / sums["n"], "train_top5": sums["top5"] / sums["n"],
-                   "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"], "val_top5": val_metrics["top5"],
-                   "lr": cfg.lr * lr_scale(cfg.schedule, max(0, global_step - 1), total_steps, warmup_steps),
-                   "epoch_seconds": time.perf_counter() - t_epoch,
-                   "images_per_second": sums["n"] / max(sums["seconds"], 1e-9)}
-            history.append(row)
-            self._print_row(row)
-            improved = not best or row["val_top1"] > best["val_top1"]
-            if improved:
-                best = {"epoch": epoch, "step": global_step, "val_top1": row["val_top1"], "val_top5": row["val_top5"],
-                        "val_loss": row["val_loss"]}
-            epoch, step_in_epoch, sums = epoch + 1, 0, _empty_sums()
-            meta = {**meta_base, "epoch": epoch, "step_in_epoch": 0, "global_step": global_step,
-                    "history": history, "best": best, "sums": sums}
-            if improved:
-                self._save(run_dir / "checkpoints" / "best.safetensors", backend, params, state, opt_state, meta)
-            self._save(run_dir / "checkpoints" / "last.safetensors", backend, params, state, opt_state, meta)
-            files.epochs(history)
-            plot_curves(run_dir / "curves.png", history, files.read_steps(),
-                        f"{model.name} {_opts(cfg.model_options)} on {cfg.dataset} ({backend.name})")
+                bar.set_postfix(loss=f"{r.last_loss:.3f}", acc=f"{r.sums['top1'] / r.sums['n']:.3f}",
+                                img_s=f"{r.sums['n'] / max(r.sums['seconds'], 1e-9):.0f}")
+                bar.update(1)
+            r.step_in_epoch = k + 1
+            if (cfg.checkpoint_every and r.global_step % cfg.checkpoint_every == 0
+                    and r.step_in_epoch < r.steps_per_epoch):
+                self._save(r.run_dir / "checkpoints" / "last.safetensors", r.backend, r.params, r.state, r.opt_state,
+                           self._meta(r, r.epoch, r.step_in_epoch))
+            if self.step_callback is not None:
+                self.step_callback(r.global_step)
+        if bar is not None:
+            bar.close()
 
+    def _train_step(self, r: "_Run", index: np.ndarray) -> None:
+        """One optimizer step on the images `index`; its metrics go to the sums and metrics.jsonl."""
+        cfg, backend, model = self.cfg, r.backend, r.model
+        t0 = time.perf_counter()
+        x_host = r.train.images[index]
+        if cfg.augment:
+            x_host = random_crop_flip(x_host, np.random.default_rng(step_seed(cfg.seed, r.global_step, 1)))
+        x_host = normalise(x_host, r.train.mean, r.train.std)
+        if r.resize:
+            x_host = resize_bilinear(x_host, r.resize)
+        x = backend.asarray(x_host, model.dtype)
+        y = backend.asarray(r.train.labels[index], r.label_dtype)
+        key = backend.make_rng(step_seed(cfg.seed, r.global_step, 0)) if model.train_rng_draws else None
+        scale = lr_scale(cfg.schedule, r.global_step, r.total_steps, r.warmup_steps)
+        r.params, r.state, r.opt_state, loss, logits, gnorm = r.step_fn(r.params, r.state, r.opt_state, x, y, key,
+                                                                        scale)
+        loss_f = _float(backend, loss)
+        if not math.isfinite(loss_f):
+            raise FloatingPointError(f"the training loss became {loss_f} at step {r.global_step + 1}; lower "
+                                     f"the learning rate (lr={cfg.lr}) or check the data")
+        correct = topk_correct(np.asarray(backend.to_numpy(logits)), r.train.labels[index])
+        dt = time.perf_counter() - t0
+        r.global_step += 1
+        n = len(index)
+        for name, value in (("loss", loss_f * n), ("top1", correct[1]), ("top5", correct[5]), ("n", n),
+                            ("seconds", dt)):
+            r.sums[name] += value
+        r.last_loss = loss_f
+        r.files.step({"step": r.global_step, "epoch": r.epoch, "loss": loss_f, "top1": correct[1] / n,
+                      "lr": cfg.lr * scale, "grad_norm": None if gnorm is None else _float(backend, gnorm),
+                      "images_per_second": n / dt if dt > 0 else None})
+
+    def _end_epoch(self, r: "_Run") -> None:
+        """Validate, record the epoch, checkpoint ('best' when validation top-1 improved, always 'last'), plot."""
+        cfg, sums = self.cfg, r.sums
+        val = evaluate(r.model, r.params, r.state, r.val, batch_size=r.eval_bs, resize=r.resize,
+                       logits_fn=r.eval_logits, progress=cfg.progress, desc="validation")
+        row = {"epoch": r.epoch, "step": r.global_step, "train_loss": sums["loss"] / sums["n"],
+               "train_top1": sums["top1"] / sums["n"], "train_top5": sums["top5"] / sums["n"],
+               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+               "lr": cfg.lr * lr_scale(cfg.schedule, max(0, r.global_step - 1), r.total_steps, r.warmup_steps),
+               "epoch_seconds": time.perf_counter() - r.t_epoch,
+               "images_per_second": sums["n"] / max(sums["seconds"], 1e-9)}
+        r.history.append(row)
+        self._print_row(row)
+        improved = not r.best or row["val_top1"] > r.best["val_top1"]
+        if improved:
+            r.best = {"epoch": r.epoch, "step": r.global_step, "val_top1": row["val_top1"],
+                      "val_top5": row["val_top5"], "val_loss": row["val_loss"]}
+        r.epoch, r.step_in_epoch, r.sums = r.epoch + 1, 0, _empty_sums()
+        meta = self._meta(r, r.epoch, 0)
+        folder = r.run_dir / "checkpoints"
+        if improved:
+            self._save(folder / "best.safetensors", r.backend, r.params, r.state, r.opt_state, meta)
+        self._save(folder / "last.safetensors", r.backend, r.params, r.state, r.opt_state, meta)
+        r.files.epochs(r.history)
+        plot_curves(r.run_dir / "curves.png", r.history, r.files.read_steps(),
+                    f"{r.model.name} {_opts(cfg.model_options)} on {cfg.dataset} ({r.backend.name})")
+
+    def _meta(self, r: "_Run", epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        """What a checkpoint saved now records besides the arrays (enough to resume exactly)."""
+        return {**r.meta_base, "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": r.global_step,
+                "history": r.history, "best": r.best, "sums": r.sums}
+
+    def _finish(self, r: "_Run") -> RunResult:
+        """The test of the best checkpoint (when asked for), summary.json, and where everything is."""
+        run_dir, best = r.run_dir, r.best
         curves = run_dir / "curves.png" if (run_dir / "curves.png").exists() else None
-        test = self._test(model, test_set, run_dir, resize, eval_bs, eval_logits) if test_set is not None else None
-        summary = {"run_dir": str(run_dir), "backend": backend.name, "best": best,
-                   "last": history[-1] if history else None, "test": test}
+        test = (self._test(r.model, r.test_set, run_dir, r.resize, r.eval_bs, r.eval_logits)
+                if r.test_set is not None else None)
+        summary = {"run_dir": str(run_dir), "backend": r.backend.name, "best": best,
+                   "last": r.history[-1] if r.history else None, "test": test}
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if best:
             self.log(f"best validation top-1 {100 * best['val_top1']:.2f}% at epoch {best['epoch'] + 1} "
@@ -270,8 +342,8 @@ class Trainer:
                      f"{100 * test['top1']:.2f}%, top-5 {100 * test['top5']:.2f}%")
         if curves is not None:
             self.log(f"curves: {curves}")
-        self.log(f"metrics: {files.csv} (per epoch), {files.jsonl} (per step); config: {run_dir / 'config.json'}")
-        return RunResult(run_dir, history, best, test, curves, params, state, backend.name)
+        self.log(f"metrics: {r.files.csv} (per epoch), {r.files.jsonl} (per step); config: {run_dir / 'config.json'}")
+        return RunResult(run_dir, r.history, best, test, curves, r.params, r.state, r.backend.name)
 
     # ------------------------------------------------------------------ pieces
     def _new_run_dir(self) -> Path:
@@ -330,7 +402,7 @@ class Trainer:
 
     def _compiled(self, backend: Any) -> bool:
         mode = self.cfg.compile
-        return mode == "on" or (mode == "auto" and backend.name == "jax")
+        return mode == "on" or (mode == "auto" and backend.capabilities.compile_by_default)
 
     def _test(self, model: Any, test: Dataset, run_dir: Path, resize: Optional[int], batch_size: int,
               eval_logits: Callable[..., Any]) -> dict[str, Any]:
@@ -384,12 +456,8 @@ def restore_tree(flat: dict[str, np.ndarray], specs: dict[str, Any], backend: An
 
 
 def _label_dtype(backend: Any) -> str:
-    """int64 labels, or int32 where the backend runs without 64-bit integers (jax by default)."""
-    try:
-        backend.asarray(np.zeros(1, np.int64), "int64")
-        return "int64"
-    except (ValueError, TypeError):
-        return "int32"
+    """int64 labels, or int32 where the backend runs without 64-bit integers (capabilities.int64_labels)."""
+    return "int64" if backend.capabilities.int64_labels else "int32"
 
 
 def _empty_sums() -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Explicit randomness for the torch backend: a key holding an integer seed, split deterministically.
+"""Arrays and explicit randomness for the torch backend: dtypes, asarray / to_numpy, and an RNG key (an integer
+seed, split deterministically).
 
 A key seeds a fresh torch.Generator per call on the tensor's device (dropout masks) and a NumPy
 Generator for candidate draws. An int seed or a numpy Generator given instead is used exactly as
@@ -76,3 +77,39 @@ def dropout_mask(like: torch.Tensor, p: float, rng: Any) -> torch.Tensor:
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(int(rng))
     keep = gen.random(tuple(like.shape)) >= p
     return torch.as_tensor(keep.astype(np.float64) / (1.0 - p), dtype=like.dtype, device=like.device)
+
+
+# ----------------------------------------------------------------------------- arrays
+DTYPES = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+    "int32": torch.int32, "int64": torch.int64, "uint8": torch.uint8, "bool": torch.bool,
+}
+
+
+def resolve_dtype(dtype: Any) -> Optional[torch.dtype]:
+    """A torch dtype from a name ('float32', ...), a torch dtype or None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def asarray(value: Any, device: torch.device, dtype: Any = None) -> torch.Tensor:
+    """A tensor on `device` (dtype name or None to keep; NumPy float64 stays float64)."""
+    dt = resolve_dtype(dtype)
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dt if dt is not None else value.dtype)
+    arr = np.asarray(value)
+    return torch.as_tensor(arr, device=device, dtype=dt)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A NumPy copy on the host (bfloat16 becomes float32)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.to(torch.float32)
+        return t.cpu().numpy().copy()
+    return np.asarray(value)

@@ -12,10 +12,10 @@ import array_api_compat.torch as xp
 import torch
 import torch.nn.functional as F
 
-from convnn_core.attention import check_dropout, check_projections
+from convnn.attention import check_dropout, check_projections
 
-from .convnn import merge_heads, split_heads
-from .rng import TorchRngKey, as_host_rng, dropout_mask
+from .arrays import TorchRngKey, as_host_rng, dropout_mask
+from .kernels import merge_heads, split_heads
 from .selection import exact_topk
 
 

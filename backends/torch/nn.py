@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .rng import TorchRngKey, dropout_mask
+from .arrays import TorchRngKey, dropout_mask
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int = 1,

@@ -12,11 +12,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import array_api_compat.numpy
 import numpy as np
 
-from convnn_core.attention import band_mask as spec_band_mask
-from convnn_core.tree import tree_leaves, tree_map
-from convnn_core.vocabulary import check_adamw_hyperparameters
+from convnn.attention import band_mask as spec_band_mask
+from convnn.candidates import make_rng
+from convnn.pipeline import PROJECTIONS
+from convnn.tree import tree_leaves, tree_map
+from convnn.vocabulary import check_adamw_hyperparameters
 
-PROJECTIONS = ("wq", "wk", "wv", "wo")
 AUTOGRAD_HINT = "pip install 'convnn[numba]'"
 DTYPES = ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")
 
@@ -26,15 +27,6 @@ def _value(x: Any) -> Any:
     while hasattr(x, "_value") and type(x).__module__.startswith("autograd"):
         x = x._value
     return x
-
-
-def _generator(rng: Any) -> np.random.Generator:
-    """A NumPy Generator from an int seed or a Generator."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"rng={rng!r} must be an int seed or a numpy.random.Generator")
 
 
 def _import_autograd() -> Any:
@@ -333,7 +325,7 @@ class NumpyOps:
             return x
         if rng is None:
             raise ValueError("dropout with train=True and p > 0 needs an rng (numpy Generator or int seed)")
-        keep = _generator(rng).random(tuple(x.shape)) >= p
+        keep = make_rng(rng).random(tuple(x.shape)) >= p
         return x * (keep.astype(_value(x).dtype) / (1.0 - p))
 
     def softmax(self, x: Any, axis: int = -1) -> Any:
@@ -399,7 +391,7 @@ class NumpyOps:
             scores = np_.where(np.asarray(_value(mask), dtype=bool), scores, -np.inf)
         probs = self.softmax(scores, axis=-1)
         if active:
-            keep = _generator(rng).random(tuple(probs.shape)) >= dropout
+            keep = make_rng(rng).random(tuple(probs.shape)) >= dropout
             probs = probs * (keep.astype(_value(probs).dtype) / (1.0 - dropout))
         return self.linear(self._merge_heads(np_.matmul(probs, vh), heads), params["wo"], None)
 
@@ -468,7 +460,7 @@ class NumpyOps:
         """n independent Generators seeded from draws of `key` (advances key; its state is checkpointable)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r} must be an int >= 1")
-        seeds = _generator(key).integers(0, 2 ** 63 - 1, size=n, dtype=np.int64)
+        seeds = make_rng(key).integers(0, 2 ** 63 - 1, size=n, dtype=np.int64)
         return tuple(np.random.default_rng(int(s)) for s in seeds)
 
     # ------------------------------------------------------------------ training
