@@ -108,7 +108,7 @@ def shape_set(name: str, batch: Optional[int] = None) -> tuple[Shape, ...]:
     if name not in SHAPE_SETS:
         raise ValueError(f"shapes={name!r} is not allowed; choose one of {', '.join(SHAPE_SETS)}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch={batch!r} must be a positive int")
+        raise ValueError(f"--batch={batch!r} is not allowed; give an int >= 1")
     shapes = SHAPE_SETS[name]
     return tuple(replace(s, batch=batch) for s in shapes) if batch else shapes
 
@@ -118,6 +118,16 @@ def variants_for(shape: Shape) -> tuple[Variant, ...]:
     if isinstance(shape, TokenShape):
         return TOKEN_VARIANTS
     return tuple(v for v in MAP_VARIANTS if shape.only is None or v.label in shape.only)
+
+
+def check_variant_filters(wanted: Optional[list[str]]) -> None:
+    """ValueError naming each --variants entry that is part of no variant label, with the known labels."""
+    labels = [v.label for v in MAP_VARIANTS + TOKEN_VARIANTS]
+    unknown = [w for w in (wanted or []) if not any(w in label for label in labels)]
+    if unknown:
+        raise ValueError(f"--variants: {', '.join(map(repr, unknown))} {'matches' if len(unknown) == 1 else 'match'} "
+                         f"no layer variant; give parts of "
+                         f"these labels (comma separated): {', '.join(labels)}")
 
 
 def filter_variants(variants: tuple[Variant, ...], wanted: Optional[list[str]]) -> tuple[Variant, ...]:

@@ -114,11 +114,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return _finish(report, options.out)
 
 
+def _no_subcommand(bench: argparse.ArgumentParser) -> int:
+    bench.print_help()
+    print("convnn bench: error: choose what to benchmark: layer, model or sweep; see convnn bench --help",
+          file=sys.stderr)
+    return 2
+
+
 def register(subparsers: Any) -> None:
     """Add `bench` with its `layer`, `model` and `sweep` subcommands to the `convnn` parser."""
     bench = subparsers.add_parser("bench", help="benchmarks: layers, whole models, scaling sweeps (JSON, Markdown, PNG)")
     sub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
-    bench.set_defaults(func=lambda _args: (bench.print_help(), 2)[1])
+    bench.set_defaults(func=lambda _args: _no_subcommand(bench))
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
         ("layer", "every layer variant per backend on VGG-11 and ViT-Tiny shapes, against the authors' algorithm, "
                   "torch conv2d and SDPA", _cmd_layer),

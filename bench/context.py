@@ -28,19 +28,51 @@ class CommonOptions:
     quick: bool = False
 
     def validate(self) -> None:
+        """ValueError naming the option for any bad value, and for --device cuda without a usable CUDA GPU
+        (checked here, before any backend is loaded or anything is measured)."""
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device={self.device!r} is not allowed; choose cpu or cuda")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile={self.compile!r} is not allowed; choose one of {', '.join(COMPILE_MODES)}")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ValueError(f"repeats={self.repeats!r} must be an int >= 1")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup!r} must be an int >= 0")
+        check_int("repeats", self.repeats, 1)
+        check_int("warmup", self.warmup, 0)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1)
+        if self.backends is not None:
+            check_backend_names(self.backends)
+        if self.device == "cuda":
+            check_cuda()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["out"] = str(self.out)
         return out
+
+
+def check_int(name: str, value: Any, least: int) -> int:
+    """value as an int >= least, else ValueError naming the option (--name) and what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"--{name.replace('_', '-')}={value!r} is not allowed; give an int >= {least}")
+    return value
+
+
+def check_backend_names(names: list[str]) -> None:
+    """ValueError naming the unknown entries of --backends and the registered backends."""
+    from convnn.registry import BACKENDS
+
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"--backends: {', '.join(map(repr, unknown))} unknown; choose from {', '.join(BACKENDS)} "
+                         f"(comma separated)")
+
+
+def check_cuda() -> None:
+    """ValueError for --device cuda where no CUDA GPU is usable (registry.cuda_visible), before any work."""
+    from convnn.registry import cuda_visible
+
+    ok, why = cuda_visible()
+    if not ok:
+        raise ValueError(f"--device cuda was asked for, but no CUDA GPU is usable here ({why}); use --device cpu")
 
 
 @dataclass
@@ -61,9 +93,7 @@ def choose_backends(options: CommonOptions, ctx: BenchContext) -> list[str]:
     from convnn.registry import BACKENDS, backend_status
 
     names = options.backends or list(BACKENDS)
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown:
-        raise ValueError(f"backends={unknown} unknown; choose from {', '.join(BACKENDS)}")
+    check_backend_names(names)
     chosen = []
     for name in names:
         ok, why = backend_status(name)
@@ -82,6 +112,7 @@ def choose_backends(options: CommonOptions, ctx: BenchContext) -> list[str]:
 def open_context(options: CommonOptions, command: str, argv: Optional[list[str]] = None) -> BenchContext:
     """Fix threads, measure the machine and open every chosen backend (failures become skips with the reason)."""
     from convnn.conformance.runner import LOAD_ERRORS
+    from convnn.registry import BackendUnavailable
 
     from .machine import measure_machine
     from .measure import error_text
@@ -96,6 +127,11 @@ def open_context(options: CommonOptions, command: str, argv: Optional[list[str]]
                                                   threads.get("threads") if options.device == "cpu" else None)
         except LOAD_ERRORS as err:  # the backend refused to load here (device, options, install): a skip with why
             ctx.skip(name, error_text(err))
+    if options.backends:  # asked for by name: each must run, or the run stops here, before anything is measured
+        refused = [s for s in ctx.skipped if s["backend"] in options.backends]
+        if refused:
+            raise BackendUnavailable("; ".join(f"backend {s['backend']!r} was asked for (--backends) but cannot "
+                                               f"run on {options.device}: {s['reason']}" for s in refused))
     if options.device == "cpu":  # libraries the backends loaded just now: cap their pools too
         threads = fix_thread_count(options.threads)
     machine = measure_machine(options.device, quick=options.quick)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import cost as cost_model
-from .cases import MapShape, Shape, Variant, filter_variants, shape_set, variants_for
+from .cases import MapShape, Shape, Variant, check_variant_filters, filter_variants, shape_set, variants_for
 from .contenders import REFERENCE, TORCH_CONV2D, TORCH_SDPA, contender_builders
 from .measure import failed_row, measure_contender
 from .runners import TorchBaselines
@@ -67,9 +67,14 @@ def add_derived(rows: list[dict[str, Any]], machine: dict[str, Any]) -> None:
 def run_layer_bench(options: CommonOptions, *, shapes: str = "default", batch: Optional[int] = None,
                     variants: Optional[list[str]] = None, argv: Optional[list[str]] = None,
                     progress: bool = True) -> dict[str, Any]:
-    """Time every (shape, variant, implementation) and return the report dict (header + rows)."""
+    """Time every (shape, variant, implementation) and return the report dict (header + rows).
+
+    Every argument is checked before anything is loaded or measured (ValueError naming it)."""
+    chosen = shape_set(shapes, batch)
+    check_variant_filters(variants)
+    options.validate()
     ctx = open_context(options, "layer", argv)
-    return layer_rows(ctx, shape_set(shapes, batch), variants, progress)
+    return layer_rows(ctx, chosen, variants, progress)
 
 
 def _baselines(ctx: BenchContext) -> Optional[TorchBaselines]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .measure import error_text, measure_contender
 from .runners import BackendRunner, Contender
-from .context import CommonOptions, BenchContext, open_context
+from .context import CommonOptions, BenchContext, check_int, open_context
 from .timing import PeakMemory
 
 
@@ -53,11 +53,14 @@ def model_cases(wanted: Optional[list[str]], quick: bool, vgg_head: str = "paper
     if vgg_head not in VGG_HEADS:
         raise ValueError(f"vgg_head={vgg_head!r} is not allowed; choose one of {', '.join(VGG_HEADS)}")
     labels = [c.label for c in MODEL_CASES]
+    unknown = [w for w in (wanted or []) if not any(w in label for label in labels)]
+    if unknown:
+        raise ValueError(f"--models: {', '.join(map(repr, unknown))} {'matches' if len(unknown) == 1 else 'match'} "
+                         f"no model; give labels or parts of "
+                         f"them (comma separated): {', '.join(labels)}")
     exact = [w for w in (wanted or []) if w in labels]
     cases = [c for c in MODEL_CASES if not wanted or c.label in exact
              or any(w not in labels and w in c.label for w in wanted)]
-    if wanted and not cases:
-        raise ValueError(f"models={wanted} match none of: {', '.join(c.label for c in MODEL_CASES)}")
     if vgg_head != "paper":
         cases = [ModelCase(c.label + f" ({vgg_head} head)", c.name, {**c.options, "head": vgg_head}, c.image_size)
                  if c.name == "vgg11" else c for c in cases]
@@ -134,6 +137,8 @@ def run_model_bench(options: CommonOptions, *, models: Optional[list[str]] = Non
     cases = model_cases(models, options.quick, vgg_head)
     if batch is None:
         batch = 2 if options.quick else (64 if options.device == "cuda" else 8)
+    check_int("batch", batch, 1)
+    options.validate()
     ctx = open_context(options, "model", argv)
     rows: list[dict[str, Any]] = []
     try:

@@ -15,7 +15,7 @@ from .cases import MapShape, Variant
 from .contenders import contender_builders
 from .layer import _baselines
 from .measure import failed_row, measure_contender
-from .context import CommonOptions, BenchContext, open_context
+from .context import CommonOptions, BenchContext, check_int, open_context
 
 SLOPE_POINTS = 3  # the slope is fitted over the largest values of an axis
 ALL = Variant("convnn feature/all", "convnn2d")
@@ -76,11 +76,14 @@ def run_sweep_bench(options: CommonOptions, *, axes: Optional[list[str]] = None,
     known = {a.name: a for a in AXES}
     unknown = [a for a in (axes or []) if a not in known]
     if unknown:
-        raise ValueError(f"axes={unknown} unknown; choose from {', '.join(known)}")
+        raise ValueError(f"--axes: {', '.join(map(repr, unknown))} unknown; choose from {', '.join(known)} "
+                         f"(comma separated)")
     chosen = [known[a] for a in axes] if axes else list(AXES)
     if batch is None:
         batch = 1 if options.quick else 4
+    check_int("batch", batch, 1)
     options.memory = False  # the sweep is about time
+    options.validate()
     ctx = open_context(options, "sweep", argv)
     rows: list[dict[str, Any]] = []
     try:

@@ -3,7 +3,8 @@
 Every case carries its seed; `make_inputs` rebuilds the same float64 data (rounded to the case's
 dtype) and the same explicit candidate indices for every backend. Cases are drawn so that
 neighbour selection has no near-ties at the case's dtype (see `selection.py`), except the tie cases,
-whose expected indices are written out by hand.
+whose expected indices are written out by hand, and the structural tie cases (ties.py: exact ties of
+grid coordinates, SPEC section 4 step 1), whose random inputs are drawn here but chosen there.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from .dtypes import ALL_DTYPES, DEFAULT_DTYPES
-from .runner import ALL_LEVELS, LEVELS, load_entry, parse_names, run_suite
+from .runner import ALL_LEVELS, LEVELS, load_entry, parse_names, plan_suite, run_suite
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -49,7 +49,10 @@ def register(subparsers: Any) -> None:
         description="Run the conformance suite: levels 1-3 check the ConvNN ops, their gradients and the "
                     "identities of SPEC.md section 6; levels 4-6 check zoo models (forward, one training step, "
                     "a short training curve). Backends that cannot run show as n/a, never as passed. "
-                    "Exit status 1 when any check fails or a backend named in --backends cannot run.",
+                    "Exit status 0 only when at least one check ran and none failed; 1 when a check fails, a "
+                    "backend named in --backends (or, with --device, every backend) cannot run, an installed "
+                    "backend fails to load, or every cell is n/a; 2 on bad arguments (a --case that matches no "
+                    "case included).",
     )
     p.add_argument("--backends", default="all", help="comma-separated backend names, or 'all' (default)")
     p.add_argument("--level", default="all", help="levels to run: 1..6, e.g. 1 or 1,3 or 1-3 (default: all)")
@@ -68,38 +71,46 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=main)
 
 
+def check_case_filter(text: str, everything: dict[Any, list[Any]], levels: tuple[int, ...],
+                      dtypes: tuple[str, ...], full: bool) -> None:
+    """ValueError naming the filter and example case ids when --case matches no case of the plan."""
+    if any(text in c.id for cases in everything.values() for c in cases):
+        return
+    ids = [c.id for cases in everything.values() for c in cases]
+    examples = ", ".join(ids[:: max(1, len(ids) // 4)][:4])
+    raise ValueError(f"--case={text!r} matches no case of level(s) {', '.join(map(str, levels))} in "
+                     f"{', '.join(dtypes)}{' (--quick set)' if not full else ''}; give part of a case id, e.g. "
+                     f"{examples} (all ids: --report OUT.md)")
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the suite as the arguments say; 0 when nothing failed, 1 on any failure, 2 on bad arguments."""
+    """Run the suite as the arguments say: 0 when it passed, 1 on a failure or when it did not check what was
+    asked (SuiteReport.problems), 2 on bad arguments."""
     from .report import format_console, write_json, write_markdown
 
     try:
         names = parse_names(args.backends)
         levels = parse_levels(args.level)
         dtypes = parse_dtypes(args.dtype)
+        plan = plan_suite(levels, dtypes, not args.quick)
+        if args.case is not None:
+            check_case_filter(args.case, plan, levels, dtypes, full=not args.quick)
     except ValueError as err:
-        print(f"convnn conformance: {err}", file=sys.stderr)
+        print(f"convnn conformance: error: {err}", file=sys.stderr)
         return 2
     entries = [load_entry(n, dtypes, args.device) for n in names]
     case_filter = (lambda c: args.case in c.id) if args.case else None
     report = run_suite(entries, levels, dtypes, full=not args.quick, progress=not args.no_progress,
-                       case_filter=case_filter)
+                       case_filter=case_filter, explicit=args.backends.strip() not in ("", "all"),
+                       device=args.device, plan=plan)
     print(format_console(report, failures_only=args.failures_only))
     if args.json:
         print(f"JSON report: {write_json(report, args.json)}")
     if args.report:
         print(f"Markdown report: {write_markdown(report, args.report)}")
-    blocked = unrunnable(entries, explicit=args.backends.strip() not in ("", "all"), device=args.device)
-    for line in blocked:
-        print(f"convnn conformance: {line}", file=sys.stderr)
-    return 1 if blocked else report.exit_code()
-
-
-def unrunnable(entries: list[Any], *, explicit: bool, device: Any = None) -> list[str]:
-    """Why the run cannot count as checked: a backend asked for by name that cannot run, or none that can."""
-    where = f" on device={device!r}" if device else ""
-    if explicit:
-        return [f"backend {e.name!r} was asked for{where} but cannot run: {e.reason}" for e in entries
-                if not e.available]
-    if entries and not any(e.available for e in entries):
-        return [f"no backend can run{where}: " + "; ".join(f"{e.name}: {e.reason}" for e in entries)]
-    return []
+    if report.problems and not report.failures:
+        print(f"convnn conformance: not passed: {'; '.join(report.problems)}", file=sys.stderr)
+    elif report.failures:
+        print(f"convnn conformance: {len(report.failures)} check(s) failed; see FAILURES above"
+              + (f"; also: {'; '.join(report.problems)}" if report.problems else ""), file=sys.stderr)
+    return report.exit_code()

@@ -109,11 +109,24 @@ def format_console(report: SuiteReport, *, failures_only: bool = False, width: i
             lines.append(f"  [{r.backend}] L{r.level} {r.case}: {r.status} {r.cell()} {r.detail}")
             if r.case in report.cases:
                 lines.append(f"      case: {report.cases[r.case]}")
+    if report.problems:
+        lines.append("")
+        lines.append("NOT CHECKED AS ASKED:")
+        lines.extend(f"  {p}" for p in report.problems)
     lines.append("")
-    verdict = "FAILED" if fails else "PASSED"
-    lines.append(f"{verdict}: {len(report.results)} cells, {len(fails)} failing, "
-                 f"{sum(r.status == NOT_AVAILABLE for r in report.results)} not available, {report.seconds:.1f} s")
+    lines.append(verdict_line(report))
     return "\n".join(lines)
+
+
+def verdict_line(report: SuiteReport) -> str:
+    """PASSED / NOT PASSED / FAILED with the cell counts (NOT PASSED: nothing failed, but see report.problems)."""
+    fails = report.failures
+    na = sum(r.status == NOT_AVAILABLE for r in report.results)
+    text = (f"{report.verdict}: {len(report.results)} cells, {len(fails)} failing, {na} not available, "
+            f"{report.seconds:.1f} s")
+    if report.problems and not fails:
+        text += f"; {report.problems[0]}" + (f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else "")
+    return text
 
 
 def _md_escape(text: str) -> str:
@@ -146,6 +159,9 @@ def format_markdown(report: SuiteReport) -> str:
             line = [_cell(cells, n, level, case) for n in names]
             out.append(f"| `{case}` | " + " | ".join(_md_escape(c.cell() if c else "-") for c in line) + " |")
     fails = report.failures
+    out += ["", "## Verdict", "", _md_escape(verdict_line(report))]
+    if report.problems:
+        out += ["", "Not checked as asked:", ""] + [f"- {_md_escape(p)}" for p in report.problems]
     out += ["", "## Failures", ""]
     if not fails:
         out.append("None.")

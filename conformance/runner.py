@@ -14,7 +14,7 @@ from convnn.vocabulary import missing_ops
 from . import cases as case_mod
 from .dtypes import ALL_DTYPES, DEFAULT_DTYPES, backend_dtypes
 from .levels import OracleCache, check_forward, check_gradients, check_identity
-from .results import NOT_AVAILABLE, CheckResult
+from .results import NOT_AVAILABLE, PASS, CheckResult
 from .tolerances import table_rows
 
 SHORT: dict[int, str] = {1: "op forward", 2: "op gradients", 3: "identities", 4: "model forward",
@@ -30,9 +30,17 @@ LEVELS: dict[int, str] = {
 ALL_LEVELS = tuple(LEVELS)
 
 
+# Why a backend entry cannot run: its framework is not installed, it is installed but fails to import or load
+# (a broken install, or a loader error), or it does not run on the device asked for.
+MISSING, BROKEN, WRONG_DEVICE = "not installed", "broken", "not on the device"
+
+
 @dataclass
 class BackendEntry:
-    """A backend as the suite sees it: loaded object or the reason it cannot run, and the dtypes it is checked in."""
+    """A backend as the suite sees it: loaded object or the reason it cannot run, and the dtypes it is checked in.
+
+    cause: '' when loaded, else MISSING, BROKEN or WRONG_DEVICE (what decides whether the run can pass).
+    """
 
     name: str
     backend: Any = None
@@ -40,6 +48,7 @@ class BackendEntry:
     dtypes: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    cause: str = ""
 
     @property
     def available(self) -> bool:
@@ -47,7 +56,8 @@ class BackendEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "available": self.available, "reason": self.reason, "dtypes": list(self.dtypes),
-                "options": {k: str(v) for k, v in self.options.items()}, "missing_vocabulary": self.missing}
+                "options": {k: str(v) for k, v in self.options.items()}, "missing_vocabulary": self.missing,
+                "cause": self.cause or None}
 
 
 def parse_names(text: Optional[str]) -> list[str]:
@@ -154,19 +164,25 @@ LOAD_ERRORS = (ImportError, ValueError, TypeError, RuntimeError, OSError)
 def load_entry(name: str, dtypes: Sequence[str], device: Optional[str] = None) -> BackendEntry:
     """Load one backend for the suite; a backend that cannot run (here, or on `device`) is an entry saying why.
 
-    A backend that rejects the device is unavailable with its error, never loaded without it.
+    A backend that rejects the device is unavailable with its error, never loaded without it. The entry's
+    cause says which: not installed, broken (installed but fails to import or load) or not on the device.
     """
     ok, why = backend_status(name)
     if not ok:
-        return BackendEntry(name, reason=why)
+        return BackendEntry(name, reason=why, cause=MISSING)
+    ok, why = backend_status(name, probe=True)
+    if not ok:
+        return BackendEntry(name, reason=why, cause=BROKEN)
     options: dict[str, Any] = {}
+    failed = WRONG_DEVICE if device is not None else BROKEN
     try:
         options = backend_load_options(name, dtypes, device)
         backend = load_backend(name, dtypes=dtypes, device=device)
     except BackendUnavailable as err:
-        return BackendEntry(name, reason=f"cannot load: {err}", options=options)
+        return BackendEntry(name, reason=f"cannot load: {err}", options=options, cause=failed)
     except LOAD_ERRORS as err:  # the loader refused (a bad option, a missing device): reported with its error
-        return BackendEntry(name, reason=f"failed to load: {type(err).__name__}: {err}", options=options)
+        return BackendEntry(name, reason=f"failed to load: {type(err).__name__}: {err}", options=options,
+                            cause=failed)
     declared = backend_dtypes(backend)
     picked = tuple(d for d in dtypes if d in declared)
     return BackendEntry(name, backend, "available", picked, options, missing_ops(backend))
@@ -210,14 +226,28 @@ class SuiteReport:
     cases: dict[str, str]
     seconds: float
     machine: dict[str, str]
+    problems: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[CheckResult]:
         return [r for r in self.results if r.failed]
 
+    @property
+    def passed(self) -> bool:
+        """Nothing failed and nothing kept the run from counting as checked (see suite_problems)."""
+        return not self.failures and not self.problems
+
+    @property
+    def verdict(self) -> str:
+        """FAILED (a check failed), NOT PASSED (nothing failed, but the run did not check what was asked: see
+        problems), or PASSED."""
+        if self.failures:
+            return "FAILED"
+        return "NOT PASSED" if self.problems else "PASSED"
+
     def exit_code(self) -> int:
-        """0 when nothing failed (n/a is not a failure), 1 otherwise."""
-        return 1 if self.failures else 0
+        """0 when the run passed; 1 on a failure or a problem (a single n/a cell is neither)."""
+        return 0 if self.passed else 1
 
     def summary(self) -> dict[str, dict[int, dict[str, int]]]:
         """backend -> level -> status -> count."""
@@ -239,7 +269,9 @@ class SuiteReport:
             "summary": {b: {str(lv): c for lv, c in d.items()} for b, d in self.summary().items()},
             "cases": self.cases,
             "results": [r.to_dict() for r in self.results],
-            "passed": not self.failures,
+            "problems": list(self.problems),
+            "verdict": self.verdict,
+            "passed": self.passed,
         }
 
 
@@ -251,24 +283,68 @@ def machine_info() -> dict[str, str]:
             "cpus": str(os.cpu_count())}
 
 
-def run_suite(entries: Sequence[BackendEntry], levels: Iterable[int] = ALL_LEVELS,
-              dtypes: Sequence[str] = DEFAULT_DTYPES, *, full: bool = True, progress: bool = False,
-              case_filter: Optional[Callable[[Any], bool]] = None) -> SuiteReport:
-    """Every check of the chosen levels for every entry; unavailable backends and dtypes give n/a cells."""
-    start = time.perf_counter()
-    levels = tuple(sorted(set(levels)))
+def plan_suite(levels: Iterable[int], dtypes: Sequence[str], full: bool,
+               case_filter: Optional[Callable[[Any], bool]] = None) -> dict[tuple[int, str], list[Any]]:
+    """(level, dtype) -> the cases to run, after the filter; ValueError for a level or dtype that does not exist."""
     for lv in levels:
         if lv not in LEVELS:
             raise ValueError(f"level={lv!r} is not allowed; choose from {', '.join(map(str, LEVELS))}")
     for d in dtypes:
         if d not in ALL_DTYPES:
             raise ValueError(f"dtype={d!r} is not allowed; choose from {', '.join(ALL_DTYPES)}")
-    cache = OracleCache()
     planned: dict[tuple[int, str], list[Any]] = {}
     for lv in levels:
         for d in dtypes:
             found = plan_cases(lv, d, full)
             planned[(lv, d)] = [c for c in found if case_filter is None or case_filter(c)]
+    return planned
+
+
+def suite_problems(entries: Sequence[BackendEntry], results: Sequence[CheckResult], planned_cases: int, *,
+                   explicit: bool = True, device: Optional[str] = None) -> list[str]:
+    """Why a run with no failing cell still cannot count as passed (empty when it can).
+
+    explicit: the entries were asked for by name (then each must run); otherwise (every registered backend)
+    one that is not installed, or does not run on `device`, is only n/a, but a broken install is a problem
+    and so is a run where no backend can run. A run in which no cell passed checked nothing.
+    """
+    where = f" on device={device!r}" if device else ""
+    out: list[str] = []
+    down = [e for e in entries if not e.available]
+    if explicit:
+        out += [f"backend {e.name!r} was asked for{where} but cannot run: {e.reason}" for e in down]
+    else:
+        out += [f"backend {e.name!r} is installed but cannot load: {e.reason}" for e in down if e.cause == BROKEN]
+        if entries and len(down) == len(entries):
+            out.append(f"no backend can run{where}: " + "; ".join(f"{e.name}: {e.reason}" for e in down))
+    if not entries:
+        out.append("no backend was given to check")
+    elif planned_cases == 0:
+        out.append("no case was selected (the case filter matches none of the chosen levels and dtypes)")
+    elif not any(r.status == PASS or r.failed for r in results) and not out:
+        out.append("nothing was checked: every cell is n/a (" + "; ".join(sorted({r.detail for r in results}))[:300]
+                   + ")")
+    return out
+
+
+def run_suite(entries: Sequence[BackendEntry], levels: Iterable[int] = ALL_LEVELS,
+              dtypes: Sequence[str] = DEFAULT_DTYPES, *, full: bool = True, progress: bool = False,
+              case_filter: Optional[Callable[[Any], bool]] = None, explicit: bool = True,
+              device: Optional[str] = None, plan: Optional[dict[tuple[int, str], list[Any]]] = None) -> SuiteReport:
+    """Every check of the chosen levels for every entry; unavailable backends and dtypes give n/a cells.
+
+    The report's problems (suite_problems) say why a run without failures still did not pass: explicit=True
+    (the default) treats every entry as asked for by name; device is only named in those reasons. plan: the
+    cases from plan_suite(levels, dtypes, full), when the caller has them already (the filter still applies).
+    """
+    start = time.perf_counter()
+    levels = tuple(sorted(set(levels)))
+    cache = OracleCache()
+    if plan is None:
+        planned = plan_suite(levels, dtypes, full, case_filter)
+    else:
+        planned = {(lv, d): [c for c in plan.get((lv, d), []) if case_filter is None or case_filter(c)]
+                   for lv in levels for d in dtypes}
     work: list[tuple[BackendEntry, int, Any]] = []
     results: list[CheckResult] = []
     for entry in entries:
@@ -293,8 +369,10 @@ def run_suite(entries: Sequence[BackendEntry], levels: Iterable[int] = ALL_LEVEL
         bar.close()
     descriptions = {c.id: c.describe() + (f" [{c.note}]" if c.note else "")
                     for cs in planned.values() for c in cs}
+    problems = suite_problems(entries, results, sum(len(cs) for cs in planned.values()), explicit=explicit,
+                              device=device)
     return SuiteReport(results, list(entries), levels, tuple(dtypes), full, descriptions,
-                       time.perf_counter() - start, machine_info())
+                       time.perf_counter() - start, machine_info(), problems)
 
 
 def _progress(total: int) -> Any:

@@ -34,7 +34,7 @@ def info_text() -> str:
         lines.append(f"  {pkg:<17} {_version(pkg) or 'not installed'}")
     lines.append("backends:")
     for name, plugin in BACKENDS.items():
-        ok, why = backend_status(name)
+        ok, why = backend_status(name, probe=True)  # imported here: an installed but broken framework says so
         state = "available" if ok else f"NOT available: {why}"
         lines.append(f"  {name:<6} {state}")
         trains = "trains ConvNN layers" if plugin.trains_convnn else "ConvNN ops forward only"
@@ -44,8 +44,8 @@ def info_text() -> str:
     lines.extend("  " + d for d in _devices())
     cfg = ConvNNConfig()
     lines.append("dispatch:")
-    lines.extend("  " + line for line in explain("convnn2d", cfg).splitlines())
-    lines.extend("  " + line for line in explain("convnn2d", cfg, purpose="train").splitlines())
+    lines.extend("  " + line for line in explain("convnn2d", cfg, probe=True).splitlines())
+    lines.extend("  " + line for line in explain("convnn2d", cfg, purpose="train", probe=True).splitlines())
     return "\n".join(lines)
 
 
@@ -102,7 +102,8 @@ def explain_text(args: argparse.Namespace) -> str:
 
     fields = {f: getattr(args, f) for f in CONFIG_FIELDS if getattr(args, f) is not None}
     cfg = ConvNNConfig(**fields)
-    return explain(args.op, cfg, args.backend, purpose=args.purpose, dtype=args.dtype, device=args.device)
+    return explain(args.op, cfg, args.backend, purpose=args.purpose, dtype=args.dtype, device=args.device,
+                   probe=True)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -122,12 +123,22 @@ def command_plugins() -> list[Any]:
     return sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse with a one-line error: `convnn <command>: error: <message>; see convnn <command> --help` (exit 2).
+
+    Subcommand parsers are of the same class (argparse makes them so), so every level answers alike.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: info, explain, and every command registered under `convnn.commands`.
 
     A command whose package fails to import is named on stderr (with the error) and left out; the others work.
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="convnn",
         description="Convolutional Nearest Neighbors on every registered backend (`convnn info` lists them).",
     )
@@ -146,15 +157,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ----------------------------------------------------------------------------- the backstop
+TRACEBACK_ENV = ("CONVNN_TRACEBACK", "CONVNN_DEBUG")  # set either to 1 for the full traceback instead of one line
+# What a user can cause and fix (a bad value, a missing file or package, a backend that cannot run here):
+# one line naming it, exit 2. BackendUnavailable is an ImportError.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError, NotImplementedError)
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def tracebacks_wanted() -> bool:
+    """Whether CONVNN_TRACEBACK=1 (or CONVNN_DEBUG=1) asks for full tracebacks."""
+    import os
+
+    return any(os.environ.get(var, "").strip() not in ("", "0") for var in TRACEBACK_ENV)
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """'convnn bench layer' for parsed arguments: the command and any subcommand (a `*_command` field)."""
+    parts = ["convnn"]
+    if isinstance(getattr(args, "command", None), str):
+        parts.append(args.command)
+    parts += [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and isinstance(v, str)]
+    return " ".join(parts)
+
+
+def error_line(err: BaseException) -> str:
+    """One line for an error: its message (with the type where the message alone would not say it) and, where
+    one exists, what to do."""
+    from .registry import BackendUnavailable
+
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (ValueError, TypeError, BackendUnavailable)):
+        return text
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        return f"{type(err).__name__}: {text}; install it (`convnn info` lists what each backend needs)"
+    if isinstance(err, MemoryError):
+        return f"out of memory ({type(err).__name__}: {text}); use smaller sizes (batch, shapes)"
+    if isinstance(err, EXPECTED_ERRORS):
+        return f"{type(err).__name__}: {text}"
+    return (f"unexpected {type(err).__name__}: {text} (a bug in convnn or a backend: set "
+            f"{TRACEBACK_ENV[0]}=1 for the traceback and report it)")
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """func(args), with every error ending as `convnn <command>: error: <one line>` on stderr.
+
+    Exit 2 (as the train / eval commands): expected errors (EXPECTED_ERRORS, MemoryError) with their message,
+    anything else as 'unexpected <type>' with how to get the traceback; KeyboardInterrupt 130.
+    CONVNN_TRACEBACK=1 (or CONVNN_DEBUG=1) re-raises instead, for the full traceback.
+    """
+    name = command_name(args)
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        if tracebacks_wanted():
+            raise
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # the backstop: each command converts what it can; nothing leaves as a traceback
+        if tracebacks_wanted():
+            raise
+        print(f"{name}: error: {error_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the `convnn` console script."""
+    """Entry point of the `convnn` console script.
+
+    Exit status: what the command returns (0 success); 2 for bad arguments and for any error the command
+    raises (one line on stderr, `convnn <command>: error: ...`; an unexpected one says how to get the
+    traceback); 130 when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return 2
-    return int(func(args) or 0)
+        print("convnn: error: give a command (e.g. convnn info); see convnn --help", file=sys.stderr)
+        return EXIT_ERROR
+    return run_command(func, args)
 
 
 if __name__ == "__main__":

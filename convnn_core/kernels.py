@@ -9,6 +9,10 @@ only these kernels, in the backend's own arrays. Layouts (G heads share one call
   idx         [B, H, Nq, K] int64 token indices; head h uses feature/channel group h of F and C
   rho         [B, H, Nq, K] or None
   values      [B, N, C]; weight [O, C, K] (full) or [C, K] (depthwise); result [B, Nq, O] (no bias)
+  grid        None, or a convnn.grid.Grid (maps with select position/blend and metric euclidean, heads=1):
+              keys then hold only the feature part (no columns at all for select=position) and select and
+              slot_affinity subtract the exact coordinate part grid.scale * units(query token, candidate
+              token) from the euclidean affinity (SPEC section 4, step 1; convnn.grid)
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-METRICS = ("cosine", "euclidean", "dot")
+from .config import METRICS
+
 METRIC_CODES = {name: code for code, name in enumerate(METRICS)}  # integer codes compiled kernels switch on
 
 
@@ -29,13 +34,14 @@ class ConvNNKernels(Protocol):
     path_name: str  # the default path, for explain (e.g. "numba kernels: blocked BLAS + streaming top-K")
 
     def select(self, keys: Any, queries: np.ndarray, cand: Optional[Any], *, k: int, metric: str,
-               self_first: bool, heads: int, query_feats: Optional[Any] = None) -> Any:
+               self_first: bool, heads: int, query_feats: Optional[Any] = None, grid: Optional[Any] = None) -> Any:
         """Neighbour token indices [B, H, Nq, K] in rank order (slot 0 = the query when self_first).
 
-        Larger affinity first, ties to the lower token index; no gradient (indices are piecewise constant)."""
+        Larger affinity first, ties to the lower token index; no gradient (indices are piecewise constant).
+        The pipeline passes grid= only when it is not None."""
 
     def slot_affinity(self, keys: Any, queries: np.ndarray, idx: Any, *, metric: str, heads: int,
-                      query_feats: Optional[Any] = None) -> Any:
+                      query_feats: Optional[Any] = None, grid: Optional[Any] = None) -> Any:
         """The affinities [B, H, Nq, K] of each query with its selected slots, differentiable in the features."""
 
     def gather_taps(self, values: Any, idx: Any, rho: Optional[Any], weight: Any, *, taps: str) -> Any:
@@ -103,6 +109,15 @@ def check_kernels(kernels: Any) -> list[str]:
     if getattr(kernels, "xp", None) is None:
         missing.append("xp")
     return missing
+
+
+def check_grid(grid: Any, metric: str, heads: int) -> None:
+    """A grid goes with metric euclidean and one head (the pipeline's map ops); refuse anything else by name."""
+    if grid is None:
+        return
+    if metric != "euclidean" or heads != 1:
+        raise ValueError(f"a grid (exact coordinate distances) needs metric='euclidean' and heads=1; got "
+                         f"metric={metric!r}, heads={heads}")
 
 
 def noop_compile(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,11 +20,14 @@ from ._xp import check_float_inputs, check_ndim, is_traced, namespace, shape_str
 from .aggregate import check_taps
 from .candidates import draw_random, make_rng, spatial_grid_2d, spatial_line
 from .config import ConvNNConfig, attention_config
+from .grid import Grid, make_grid
 from .kernels import PathRequest
 from .selection import check_candidate_count
 
 PROJECTIONS = ("wq", "wk", "wv", "wo")
 BLEND_SIGMA_EPS = 1e-6
+FLOAT_DTYPES = ("float64", "float32", "bfloat16", "float16")
+LOW_PRECISION = ("float16", "bfloat16")  # selection runs in float32 where a backend takes these
 LAYOUTS = {1: "[B, C, L]", 2: "[B, C, H, W]", 3: "[B, C, D, H, W]"}
 
 
@@ -57,6 +60,12 @@ def _interior_tokens(spatial: tuple[int, ...], p: int) -> np.ndarray:
 @host_constant
 def _coordinates(padded: tuple[int, ...]) -> np.ndarray:
     return layout.coordinates(padded)
+
+
+@host_constant
+def _no_coordinates(n_tokens: int) -> np.ndarray:
+    """[N, 0]: selection features without coordinate columns (a grid supplies the coordinate part exactly)."""
+    return np.zeros((n_tokens, 0))
 
 
 @host_constant
@@ -141,7 +150,13 @@ def _check_index_shape(cand: Any, batch: int) -> None:
 
 
 def validate_host_candidates(values: Any, n_tokens: int, batch: int) -> np.ndarray:
-    """Explicit candidate indices as a sorted int64 host array ([S] or [B, S], in range, no repeats)."""
+    """Explicit candidate indices as a sorted int64 host array ([S] or [B, S], in range, no repeats).
+
+    Every op runs this on concrete candidates. Traced candidates (under jax.jit, or torch.compile) are
+    checked for shape, integer dtype and count against k only: their values cannot be read at trace
+    time, so an out-of-range, negative or repeated index is not detected and the output is
+    unspecified. Call this on the host before tracing (n_tokens: `padded_token_count`).
+    """
     host = _to_host(values)
     if host.dtype.kind not in "iu":
         raise TypeError(f"candidates has dtype {host.dtype}; integer token indices are required")
@@ -154,6 +169,12 @@ def validate_host_candidates(values: Any, n_tokens: int, batch: int) -> np.ndarr
     if host.shape[-1] > 1 and bool(np.any(host[..., 1:] == host[..., :-1])):
         raise ValueError("candidates holds repeated token indices; each candidate may appear once")
     return host
+
+
+def padded_token_count(spatial: Any, padding: int = 0, shuffle_scale: int = 1) -> int:
+    """The number of tokens explicit candidates index: prod(n // shuffle_scale + 2 * padding) over the spatial
+    sizes of a map or sequence (x.shape[2:]); for a token set [B, N, F] pass (N,) with padding 0."""
+    return math.prod(int(n) // int(shuffle_scale) + 2 * int(padding) for n in spatial)
 
 
 def _to_host(values: Any) -> np.ndarray:
@@ -190,14 +211,42 @@ def check_config(cfg: Any) -> ConvNNConfig:
     return cfg
 
 
+def dtype_name(dtype: Any) -> str:
+    """'float32', 'bfloat16', ... for a NumPy, ml_dtypes, torch, jax or array-api-strict dtype."""
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def is_low_precision(dtype: Any) -> bool:
+    """float16 or bfloat16: selection (affinities, top-K, blend features) then runs in float32."""
+    return dtype_name(dtype) in LOW_PRECISION
+
+
 def check_dtype_supported(kernels: Any, dtype: Any) -> str:
     """The dtype name, refused with a named error when the backend does not declare it."""
-    name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     supported = getattr(kernels, "dtypes", None)
     if supported is not None and name not in supported:
         raise TypeError(f"dtype {name} is not supported by backend {kernels.backend_name!r} on "
                         f"{getattr(kernels, 'device', 'cpu')}; it supports {', '.join(supported)}")
     return name
+
+
+def refuse_undeclared_float(kernels: Any, raw: Any) -> None:
+    """A float dtype (float64/32, bfloat16, float16) the backend does not declare: the named TypeError, before
+    any Array API dtype query (which fails on dtypes the namespace lacks, such as NumPy's ml_dtypes bfloat16)."""
+    dtype = getattr(raw, "dtype", None)
+    if dtype is not None and dtype_name(dtype) in FLOAT_DTYPES:
+        check_dtype_supported(kernels, dtype)
+
+
+def check_input_dtypes(kernels: Any, **arrays: Any) -> str:
+    """The door's dtype checks on host views: a float dtype the backend does not declare is refused by name
+    first (so NumPy's ml_dtypes bfloat16 meets this error, not the Array API's), then every array real
+    floating and of one dtype, then the dtype declared. Returns the dtype name."""
+    first = next(a for a in arrays.values() if a is not None)
+    refuse_undeclared_float(kernels, first)
+    check_float_inputs(namespace(first), **arrays)
+    return check_dtype_supported(kernels, first.dtype)
 
 
 def check_finite_input(kernels: Any, name: str, raw: Any) -> None:
@@ -208,25 +257,50 @@ def check_finite_input(kernels: Any, name: str, raw: Any) -> None:
         raise ValueError(f"{name} contains NaN or inf values; neighbour selection needs finite inputs")
 
 
+def blend_sigma(xp: Any, tokens: Any) -> Any:
+    """sigma_b + 1e-6 per sample [B]: the unbiased std of all feature entries of sample b on the padded grid,
+    defined as 0 when the sample has a single entry (one token, one channel), where the unbiased std is 0/0."""
+    b, n, c = tokens.shape
+    flat = xp.reshape(tokens, (b, n * c))
+    if n * c == 1:
+        return xp.full_like(flat[:, 0], BLEND_SIGMA_EPS)
+    return xp.std(flat, axis=1, correction=1) + BLEND_SIGMA_EPS
+
+
 def selection_features(xp: Any, cfg: ConvNNConfig, tokens: Any, coords: Optional[Any]) -> Any:
-    """What drives selection: features, coordinates, or [blend * f / sigma_b, (1 - blend) * coords]."""
+    """What drives selection: features, coordinates, or [blend * f / sigma_b, (1 - blend) * coords].
+
+    sigma_b is the unbiased (correction=1) std of all feature entries of sample b on the padded grid,
+    + 1e-6; a sample with a single entry has sigma_b = 0 (its unbiased std is undefined), so its
+    denominator is the 1e-6 alone. float16/bfloat16 tokens give float32 blend features (sigma_b and the
+    division in float32: blend * f / 1e-6 of a constant sample overflows float16); features and
+    coordinates alone keep the input dtype (the kernels score low precision in float32).
+    """
     if cfg.select == "feature":
         return tokens
     b, n, c = tokens.shape
     cb = xp.broadcast_to(coords[None, :, :], (b, n, coords.shape[-1]))
     if cfg.select == "position":
         return cb
-    sigma = xp.std(xp.reshape(tokens, (b, n * c)), axis=1, correction=1) + BLEND_SIGMA_EPS
+    if is_low_precision(tokens.dtype):
+        tokens, cb = xp.astype(tokens, xp.float32), xp.astype(cb, xp.float32)
+    sigma = blend_sigma(xp, tokens)
     return xp.concat([cfg.blend * tokens / sigma[:, None, None], (1.0 - cfg.blend) * cb], axis=-1)
 
 
+def grid_kw(grid: Optional[Grid]) -> dict[str, Grid]:
+    """The kernels' grid= keyword: passed only when there is a grid (kernels without one keep working)."""
+    return {} if grid is None else {"grid": grid}
+
+
 def slot_weights(kernels: Any, cfg: ConvNNConfig, keys: Any, queries: np.ndarray, idx: Any, heads: int,
-                 query_feats: Optional[Any] = None) -> Optional[Any]:
+                 query_feats: Optional[Any] = None, grid: Optional[Grid] = None) -> Optional[Any]:
     """rho [B, H, Nq, K]: None, or softmax over the slots' affinities (the self slot may use self_logit)."""
     if cfg.weighting == "none":
         return None
     xp = kernels.xp
-    aff = kernels.slot_affinity(keys, queries, idx, metric=cfg.metric, heads=heads, query_feats=query_feats)
+    aff = kernels.slot_affinity(keys, queries, idx, metric=cfg.metric, heads=heads, query_feats=query_feats,
+                                **grid_kw(grid))
     self_logit = cfg.softmax_self_logit
     if self_logit is not None:
         q = kernels.constant(queries.reshape(1, 1, -1, 1), idx)
@@ -237,10 +311,11 @@ def slot_weights(kernels: Any, cfg: ConvNNConfig, keys: Any, queries: np.ndarray
 
 
 def neighbours(kernels: Any, cfg: ConvNNConfig, keys: Any, queries: np.ndarray, cand: Any, heads: int,
-               query_feats: Optional[Any] = None) -> Any:
-    """Selected indices [B, H, Nq, K] in cfg.order (position order = the chosen token indices ascending)."""
+               query_feats: Optional[Any] = None, grid: Optional[Grid] = None) -> Any:
+    """Selected indices [B, H, Nq, K] in cfg.order (position order = the chosen token indices ascending);
+    with a grid the kernels add the exact coordinate part to the euclidean distance (SPEC section 4, step 1)."""
     idx = kernels.select(keys, queries, cand, k=cfg.k, metric=cfg.metric, self_first=cfg.self_first, heads=heads,
-                         query_feats=query_feats)
+                         query_feats=query_feats, **grid_kw(grid))
     if cfg.order == "position":
         idx = kernels.xp.sort(idx, axis=-1)
     return idx
@@ -265,6 +340,7 @@ class MapPlan:
     cand: CandidatePlan
     fused: bool = False
     has_bias: bool = False
+    grid: Optional[Grid] = None  # the exact coordinate part of euclidean position/blend selection (convnn.grid)
 
 
 def convnn_nd(kernels: Any, x: Any, weight: Any, bias: Optional[Any], cfg: ConvNNConfig, dims: int, *,
@@ -275,8 +351,7 @@ def convnn_nd(kernels: Any, x: Any, weight: Any, bias: Optional[Any], cfg: ConvN
     raw_x, raw_w = unwrap(x), unwrap(weight)
     raw_b = None if bias is None else unwrap(bias)
     check_ndim("x", raw_x, dims + 2, LAYOUTS.get(dims, f"[B, C, {dims} spatial dims]"))
-    check_float_inputs(namespace(raw_x), x=raw_x, weight=raw_w, bias=raw_b)
-    dtype = check_dtype_supported(kernels, raw_x.dtype)
+    dtype = check_input_dtypes(kernels, x=raw_x, weight=raw_w, bias=raw_b)
     check_finite_input(kernels, "x", raw_x)
     s, p = cfg.shuffle_scale, cfg.padding
     b, c = int(raw_x.shape[0]), int(raw_x.shape[1])
@@ -294,7 +369,8 @@ def convnn_nd(kernels: Any, x: Any, weight: Any, bias: Optional[Any], cfg: ConvN
                                          candidates=candidates, rng=rng)
     request = PathRequest("convnn2d" if dims == 2 else "convnn1d", cfg, dtype, getattr(kernels, "device", "cpu"),
                           explicit_candidates=cand_plan.mode != "all")
-    plan = MapPlan(kernels, cfg, spatial, cand_plan, choose_path(kernels, request) == "fused", bias is not None)
+    grid = make_grid(cfg, padded)
+    plan = MapPlan(kernels, cfg, spatial, cand_plan, choose_path(kernels, request) == "fused", bias is not None, grid)
     return kernels.stage("convnn_nd", compute_nd)(plan, x, weight, bias, cand)
 
 
@@ -307,19 +383,25 @@ def compute_nd(plan: MapPlan, x: Any, weight: Any, bias: Optional[Any], cand: An
     xpad = layout.pad(xp, x, p, lambda shape: kernels.zeros(shape, x))
     tokens = layout.to_tokens(xp, xpad)
     b, n_tokens, _ = tokens.shape
-    coords = kernels.constant(_coordinates(padded_shape), x) if cfg.uses_coords else None
+    grid = plan.grid
+    coords = None
+    if cfg.aggregate_coords or (cfg.uses_coords and grid is None):
+        coords = kernels.constant(_coordinates(padded_shape), x)
     values = tokens
     if cfg.aggregate_coords:
         values = xp.concat([tokens, xp.broadcast_to(coords[None, :, :], (b, n_tokens, coords.shape[-1]))], axis=-1)
-    sel = selection_features(xp, cfg, tokens, coords)
+    # with a grid the kernels add the coordinate part exactly (SPEC section 4, step 1): the selection features
+    # get no coordinate columns (blend: the feature part alone; position: no columns at all)
+    sel_coords = coords if grid is None else kernels.constant(_no_coordinates(n_tokens), x)
+    sel = selection_features(xp, cfg, tokens, sel_coords)
     queries = _interior_tokens(plan.spatial, p)
     cand = prepare_candidates(kernels, plan.cand, cand, n_tokens)
     if plan.fused:
         y = kernels.fused(sel, queries, values, weight, k=cfg.k, metric=cfg.metric, self_first=cfg.self_first,
-                          taps=cfg.taps)
+                          taps=cfg.taps, **grid_kw(grid))
     else:
-        idx = neighbours(kernels, cfg, sel, queries, cand, 1)
-        rho = slot_weights(kernels, cfg, sel, queries, idx, 1)
+        idx = neighbours(kernels, cfg, sel, queries, cand, 1, grid=grid)
+        rho = slot_weights(kernels, cfg, sel, queries, idx, 1, grid=grid)
         y = kernels.gather_taps(values, idx, rho, weight, taps=cfg.taps)
     if bias is not None:
         y = y + bias
@@ -344,8 +426,7 @@ def select_neighbors(kernels: Any, feats: Any, cfg: ConvNNConfig, *, query_feats
     raw = kernels.unwrap(feats)
     check_ndim("feats", raw, 3, "[B, N, F]")
     raw_q = None if query_feats is None else kernels.unwrap(query_feats)
-    check_float_inputs(namespace(raw), feats=raw, query_feats=raw_q)
-    check_dtype_supported(kernels, raw.dtype)
+    check_input_dtypes(kernels, feats=raw, query_feats=raw_q)
     check_finite_input(kernels, "feats", raw)
     if raw_q is not None:
         check_ndim("query_feats", raw_q, 3, "[B, N, F]")
@@ -442,6 +523,7 @@ def convnn_attention(kernels: Any, x: Any, params: Mapping[str, Any], cfg: Optio
     raw_x = kernels.unwrap(x)
     plain = kernels.unwrap_tree(params)
     raw_params = {k: kernels.unwrap(v) for k, v in plain.items()} if isinstance(plain, Mapping) else plain
+    refuse_undeclared_float(kernels, raw_x)
     d = check_projections(raw_x, raw_params, heads)
     check_attention_taps(raw_x, raw_params, cfg, d)
     check_dtype_supported(kernels, raw_x.dtype)

@@ -1,14 +1,26 @@
-"""Backend registry: plugins found through entry points, availability without imports, the one `auto` policy, `explain`.
+"""Backend registry: plugins found through entry points, availability, the one `auto` policy, `explain`.
 
 A backend registers a `BackendPlugin` under the entry-point group `convnn.backends`; reading the
 plugin imports no framework. `get_backend(name)` loads it; `auto` is decided in `resolve_auto`
 alone, for a purpose ('op' or 'train') and whether the model has ConvNN layers.
+
+Availability has two depths. `backend_status(name)` (and `available_backends()`) only looks the
+required packages up (no import): "installed". `backend_status(name, probe=True)` also imports them,
+so a framework that is installed but broken (a failing shared library, a version clash) is reported
+as "installed but fails to import: ...". `resolve_auto` (so `get_backend('auto')` and the trainer),
+`convnn explain` and `convnn info` probe: auto passes over a broken backend and says why (in the
+choice's `passed_over`, in `explain`, and as a RuntimeWarning from `get_backend('auto')`); it never
+picks a backend it has not seen import. `import convnn` imports no framework, and neither does
+`explain()` by default (probe=False): its answer then says it comes from the installed packages
+alone; `explain(probe=True)`, `convnn explain` and `convnn info` import what they name.
 """
 from __future__ import annotations
 
 import glob
+import importlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -109,21 +121,55 @@ def _unknown(name: str) -> ValueError:
     return ValueError(f"backend={name!r} is unknown; choose one of {', '.join(BACKENDS)} or 'auto'")
 
 
-def backend_status(name: str) -> tuple[bool, str]:
-    """(can run, why not) for a backend, found without importing any framework."""
+BROKEN = "installed but fails to import"
+UNPROBED = ("availability: from the installed packages, not imported (explain(..., probe=True) or `convnn explain` "
+            "also checks that they import)")
+
+
+def _install_hint(plugin: BackendPlugin, packages: list[str], reinstall: bool = False) -> str:
+    flag = "--force-reinstall " if reinstall else ""
+    return f"pip install {flag}'convnn[{plugin.extra}]'" if plugin.extra else f"pip install {flag}{' '.join(packages)}"
+
+
+def import_failure(plugin: BackendPlugin) -> Optional[str]:
+    """Why importing the plugin's required modules fails ('installed but fails to import: ...'), or None.
+
+    Imports them in this process (importlib.import_module); only ImportError and OSError (a shared library
+    that does not load) count as a broken install, anything else propagates.
+    """
+    for pkg in plugin.requires:
+        try:
+            importlib.import_module(pkg)
+        except (ImportError, OSError) as err:
+            return (f"{BROKEN}: {pkg}: {type(err).__name__}: {err}; repair it with "
+                    f"{_install_hint(plugin, [pkg], reinstall=True)}")
+    return None
+
+
+def backend_status(name: str, probe: bool = False) -> tuple[bool, str]:
+    """(can run, why not) for a backend.
+
+    Without probe the required packages are only looked up (no framework is imported): True means
+    "installed". With probe=True they are also imported, so an installed but broken framework is
+    (False, "installed but fails to import: ...").
+    """
     if name not in BACKENDS:
         raise _unknown(name)
     plugin = BACKENDS[name]
     missing = [pkg for pkg in plugin.requires if importlib.util.find_spec(pkg) is None]
     if missing:
-        extra = f"pip install 'convnn[{plugin.extra}]'" if plugin.extra else f"pip install {' '.join(missing)}"
-        return False, f"missing {', '.join(missing)}; install with {extra}"
+        return False, f"missing {', '.join(missing)}; install with {_install_hint(plugin, missing)}"
+    if probe:
+        broken = import_failure(plugin)
+        if broken is not None:
+            return False, broken
+        return True, "installed, imports"
     return True, "installed"
 
 
-def available_backends() -> list[str]:
-    """Names of the backends whose frameworks are installed."""
-    return [name for name in BACKENDS if backend_status(name)[0]]
+def available_backends(probe: bool = False) -> list[str]:
+    """Names of the backends whose frameworks are installed (probe=True: and import)."""
+    return [name for name in BACKENDS if backend_status(name, probe)[0]]
 
 
 def cuda_visible() -> tuple[bool, str]:
@@ -135,6 +181,9 @@ def cuda_visible() -> tuple[bool, str]:
         return False, why
     if not glob.glob("/dev/nvidia[0-9]*") and not os.environ.get("CONVNN_PROBE_CUDA"):
         return False, "this machine has no NVIDIA GPU"
+    ok, why = backend_status("torch", probe=True)
+    if not ok:
+        return False, why
     import torch
 
     if torch.cuda.is_available():
@@ -152,10 +201,13 @@ class AutoChoice:
     passed_over: tuple[tuple[str, str], ...]
 
 
-def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True) -> AutoChoice:
+def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True, probe: bool = True) -> AutoChoice:
     """The one `auto` policy: torch (then jax) on a visible CUDA GPU, else the CPU order of CPU_POLICY[purpose].
 
-    For purpose='train' with ConvNN layers a backend that runs them forward only is passed over.
+    For purpose='train' with ConvNN layers a backend that runs them forward only is passed over. With
+    probe (the default) each backend is imported before it is chosen: one installed but broken is passed
+    over with the reason ('installed but fails to import: ...') in passed_over, never chosen; backends after
+    the chosen one are not imported. probe=False decides from the installed packages alone.
     """
     if purpose not in CPU_POLICY:
         raise ValueError(f"purpose={purpose!r} is not allowed; choose one of {', '.join(PURPOSES)}")
@@ -174,7 +226,7 @@ def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True) -> AutoChoice
         if chosen is not None:
             passed.append((name, "lower in the auto order"))
             continue
-        ok, why = backend_status(name)
+        ok, why = backend_status(name, probe)
         plugin = BACKENDS[name]
         if ok and device not in plugin.devices:
             ok, why = False, f"does not run on {device}"
@@ -202,6 +254,10 @@ def get_backend(name: str = "auto", **options: Any) -> Any:
     if name == "auto":
         choice = resolve_auto("op")
         name = choice.name
+        broken = [f"{n} ({w})" for n, w in choice.passed_over if w.startswith(BROKEN)]
+        if broken:
+            warnings.warn(f"convnn: backend 'auto' picked {name!r}, passing over the broken backend(s) "
+                          f"{'; '.join(broken)}", RuntimeWarning, stacklevel=2)
         if choice.device == "cuda" and "device" not in options:
             options = {**options, "device": "cuda"}
     ok, why = backend_status(name)
@@ -217,26 +273,35 @@ def get_backend(name: str = "auto", **options: Any) -> Any:
 
 
 def explain(op: str = "convnn2d", config: Any = None, backend: str = "auto", *, purpose: str = "op",
-            dtype: str = "float32", device: Optional[str] = None) -> str:
-    """Which backend and which path would run `op` for `config`, and why each alternative was passed over."""
+            dtype: str = "float32", device: Optional[str] = None, probe: bool = False) -> str:
+    """Which backend and which path would run `op` for `config`, and why each alternative was passed over.
+
+    probe=False (the default) imports no framework: the answer comes from the installed packages alone and
+    says so (a framework that is installed but broken is not seen). probe=True imports the backends it
+    weighs (see resolve_auto), so it names the backend `get_backend` would load, and a broken one as broken.
+    """
     lines = []
     if backend == "auto":
         try:
-            choice = resolve_auto(purpose)
+            choice = resolve_auto(purpose, probe=probe)
         except BackendUnavailable as err:
             return f"{op}: nothing can run ({err})"
         name, dev = choice.name, device or choice.device
         lines.append(f"{op}: runs on {name!r} ({dev}); auto policy for {purpose!r}: {choice.reason}")
         passed = list(choice.passed_over)
+        if not probe:
+            lines.append(f"  {UNPROBED}")
     else:
         if backend not in BACKENDS:
             raise _unknown(backend)
-        ok, why = backend_status(backend)
+        ok, why = backend_status(backend, probe)
         if not ok:
             return f"{op}: {backend!r} cannot run: {why}"
         name, dev = backend, device or "cpu"
         lines.append(f"{op}: runs on {name!r} ({dev}); asked for by name")
-        passed = [(n, "available, not asked for" if backend_status(n)[0] else backend_status(n)[1])
+        if not probe:
+            lines.append(f"  {UNPROBED}")
+        passed = [(n, "installed, not asked for" if backend_status(n)[0] else backend_status(n)[1])
                   for n in BACKENDS if n != backend]
     plugin = BACKENDS[name]
     if plugin.describe_path is not None and config is not None:

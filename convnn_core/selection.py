@@ -6,6 +6,7 @@ from typing import Any, Optional
 from ._xp import is_traced, take_last, take_rows
 from .affinity import affinity_matrix, paired_affinity
 from .config import ConvNNConfig
+from .grid import grid_distance
 
 
 def _broadcast_candidates(xp: Any, cand: Optional[Any], batch: int, n_tokens: int, like: Any) -> Any:
@@ -42,13 +43,16 @@ def select_ranked(
     key_feats: Any,
     queries: Optional[Any],
     cand: Optional[Any],
+    grid: Optional[Any] = None,
 ) -> tuple[Any, Any]:
     """Indices [B, Nq, K] and affinities [B, Nq, K] in rank order (self in slot 0 when self_first).
 
     query_feats [B, Nq, F] are the queries' selection features, key_feats [B, N, F] those of all
     tokens; queries [Nq] are the queries' token indices (needed for self_first); cand [S] or [B, S]
     sorted candidate token indices or None for all. Ties go to the lower token index because the
-    candidates are sorted and the sort over them is stable.
+    candidates are sorted and the sort over them is stable. With a grid (convnn.grid.Grid, metric
+    euclidean) the features are the feature part only and the exact coordinate part of the queries'
+    and candidates' token offsets is added to the squared distance (SPEC section 4, step 1).
     """
     batch, n_tokens = key_feats.shape[0], key_feats.shape[1]
     n_query = query_feats.shape[1]
@@ -56,6 +60,10 @@ def select_ranked(
     n_cand = cand.shape[-1]
     cand_feats = take_rows(xp, key_feats, cand)
     aff = affinity_matrix(xp, cfg.metric, query_feats, cand_feats)
+    if grid is not None:
+        if queries is None:
+            raise ValueError("a grid needs the queries' token indices")
+        aff = aff - grid_distance(xp, grid, queries[None, :, None], cand[:, None, :], aff.dtype)
     is_self = None
     if cfg.self_first:
         if queries is None:

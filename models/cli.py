@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +27,9 @@ examples:
       --dataset cifar10 --data-dir DIR --test              # the paper's VGG protocol (150 epochs)
   convnn train --model vit_tiny_cifar --option attention=convnn --option sampling=random \\
       --dataset cifar10 --data-dir DIR --subset 5000 --epochs 5 --lr 5e-4
-  convnn train --resume runs/RUN                           # continue a run after a crash
+  convnn train --resume runs/RUN                           # continue a run after a crash or Ctrl-C
+Ctrl-C (SIGINT) or SIGTERM saves the last completed step and prints how to resume (exit 130 / 143). A run
+folder is locked while a run uses it, and a new run refuses a folder that already holds files.
 backend 'auto' (training) is the registry's one policy for purpose 'train': a backend that runs the
 ConvNN ops forward only is passed over for models with ConvNN layers. `convnn explain --purpose train`
 prints which backend it picks here and why each other one was passed over.
@@ -89,7 +93,8 @@ def _add_train(sub: Any) -> None:
                    help="compile the step with backend.compile (auto: where the backend compiles by default, "
                         "capabilities.compile_by_default)")
     p.add_argument("--out-dir", help="parent folder of runs (default runs/)")
-    p.add_argument("--run-name", help="run folder name (default MODEL-DATASET-TIMESTAMP)")
+    p.add_argument("--run-name", help="run folder name (default MODEL-DATASET-TIMESTAMP); the folder must be new or "
+                                      "empty (continue an existing run with --resume)")
     p.add_argument("--checkpoint-every", type=int, help="also save the 'last' checkpoint every N steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch table stays)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint with its "
@@ -137,9 +142,10 @@ def build_train_config(args: argparse.Namespace) -> tuple[Any, Optional[str]]:
     overrides = _overrides(args)
     if args.resume:
         from .train.checkpoint import load_checkpoint
+        from .train.loop import RESUME_MAY_CHANGE
 
         saved = load_checkpoint(args.resume).meta["train"]
-        allowed = {"epochs", "test", "backend", "progress", "compile", "checkpoint_every", "eval_batch_size"}
+        allowed = set(RESUME_MAY_CHANGE)
         changed = sorted(k for k, v in overrides.items() if k not in allowed and saved.get(k, object()) != v)
         if changed:
             raise ValueError(f"--resume continues the saved config; these options would change it: {changed}. "
@@ -148,18 +154,91 @@ def build_train_config(args: argparse.Namespace) -> tuple[Any, Optional[str]]:
     return build_config(args.preset, args.config, overrides), None
 
 
+# ----------------------------------------------------------------------------- errors: one line each
+# The exceptions whose message already says what went wrong and what to do; anything else is reported with its
+# type as unexpected. CONVNN_TRACEBACK=1 re-raises instead (the full traceback, for a bug report).
+EXPLAINED = (ValueError, TypeError, ImportError, NotImplementedError, FloatingPointError)
+OS_HINTS = {
+    errno.ENOSPC: "no space left on the device: free some space",
+    errno.EDQUOT: "disk quota exceeded: free some space",
+    errno.EACCES: "permission denied: check its permissions or choose another path",
+    errno.EPERM: "permission denied: check its permissions or choose another path",
+    errno.EROFS: "read-only file system: use a writable folder",
+    errno.EEXIST: "a file is in the way of a folder: choose another path",
+    errno.ENOTDIR: "a file is in the way of a folder: choose another path",
+    errno.EISDIR: "a folder is in the way of a file: choose another path",
+    errno.ENOENT: "check the path",
+    errno.EMFILE: "too many open files",
+}
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def describe_error(err: BaseException, command: str) -> tuple[str, int]:
+    """(one line saying what went wrong and what to do, exit status) for an exception that ended `command`."""
+    from .train.loop import TrainingInterrupted
+    from .train.runfolder import RunFolderBusy
+
+    chain = _chain(err)
+    # a signal's exception may come wrapped (numba reports an exception raised inside a kernel call as SystemError)
+    interrupted = next((e for e in chain if isinstance(e, TrainingInterrupted)), None)
+    if interrupted is not None:
+        return f"convnn {command}: {interrupted}", interrupted.exit_code
+    if any(isinstance(e, KeyboardInterrupt) for e in chain):
+        return f"convnn {command}: interrupted (SIGINT); nothing was saved by this command", 130
+    if isinstance(err, MemoryError):
+        what = "lower --batch-size" if command == "eval" else "lower --batch-size or --eval-batch-size (or --resize)"
+        text = f"out of memory ({err or 'MemoryError'}); {what}, or use a smaller model"
+    elif isinstance(err, OSError) and type(err).__module__ == "builtins" and err.errno is not None:
+        # a raw OSError from the OS: name the file and the way out
+        where = "" if err.filename is None else f": {err.filename}" + (
+            "" if err.filename2 is None else f" -> {err.filename2}")
+        hint = OS_HINTS.get(err.errno, err.strerror or str(err))
+        text = f"{err.strerror or err}{where} ({hint})"
+        run_dir = getattr(err, "run_dir", None)
+        if command == "train" and run_dir is not None and (Path(run_dir) / "checkpoints" / "last.safetensors").exists():
+            text += f"; once fixed, continue the run with: convnn train --resume {run_dir}"
+    elif isinstance(err, (OSError, RunFolderBusy, *EXPLAINED)):
+        text = str(err) or type(err).__name__
+    else:
+        text = (f"unexpected {type(err).__name__}: {err} (a bug in convnn or a backend: set CONVNN_TRACEBACK=1 for "
+                f"the traceback and report it)")
+    if isinstance(err, FloatingPointError) and "diverged" not in text:
+        text = f"floating-point error: {text}"
+    return f"convnn {command}: error: {' '.join(text.split())}", 2
+
+
+def _tracebacks_wanted() -> bool:
+    """CONVNN_TRACEBACK=1 (or CONVNN_DEBUG=1): re-raise for the full traceback instead of one line."""
+    return any(os.environ.get(var, "").strip() not in ("", "0") for var in ("CONVNN_TRACEBACK", "CONVNN_DEBUG"))
+
+
+def _fail(err: BaseException, command: str) -> int:
+    if _tracebacks_wanted():
+        raise err
+    line, code = describe_error(err, command)
+    print(line, file=sys.stderr)
+    return code
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.list_models:
         print(_list_models())
         return 0
-    from .train import Trainer
-
     try:
+        from .train import Trainer
+
         cfg, resume = build_train_config(args)
         Trainer(cfg, resume=resume).run()
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, NotImplementedError) as err:
-        print(f"convnn train: error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:
+        return _fail(err, "train")
     return 0
 
 
@@ -199,6 +278,9 @@ def run_eval(checkpoint: str, backend_name: str = "auto", split: str = "val", da
     from .train.backend_choice import resolve_training_backend
     from .train.loop import restore_tree
 
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be an int >= 1 (--batch-size; omit it to use the run's "
+                         f"batch size)")
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
@@ -231,7 +313,8 @@ def run_eval(checkpoint: str, backend_name: str = "auto", split: str = "val", da
     if ds.num_classes != model.num_classes:
         raise ValueError(f"dataset {name!r} has {ds.num_classes} classes but the checkpoint's model has "
                          f"{model.num_classes}")
-    metrics = evaluate(model, params, state, ds, batch_size=batch_size or train_cfg["batch_size"],
+    batch_size = train_cfg["batch_size"] if batch_size is None else batch_size
+    metrics = evaluate(model, params, state, ds, batch_size=batch_size,
                        resize=ckpt.meta.get("resize"), progress=progress, desc=split)
     return {**metrics, "split": split, "dataset": name, "backend": backend.name, "checkpoint": str(path),
             "epoch": ckpt.meta.get("epoch"), "model": model_cfg, "dtype": model.dtype}
@@ -239,20 +322,48 @@ def run_eval(checkpoint: str, backend_name: str = "auto", split: str = "val", da
 
 def cmd_eval(args: argparse.Namespace) -> int:
     try:
+        output = Path(args.output) if args.output else None
+        if output is not None:  # before minutes of evaluation, not after
+            _check_output(output)
         result = run_eval(args.checkpoint, args.backend, args.split, args.dataset, args.data_dir, args.batch_size,
                           progress=not args.no_progress, dtype=args.dtype)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        print(f"convnn eval: error: {err}", file=sys.stderr)
-        return 2
-    print(f"{result['checkpoint']} on {result['backend']} ({result['dtype']}): "
-          f"{result['dataset']} {result['split']} "
-          f"({result['n']} images): loss {result['loss']:.4f}, top-1 {100 * result['top1']:.2f}%, "
-          f"top-5 {100 * result['top5']:.2f}%")
-    if args.output:
-        from .train.checkpoint import atomic_write_text
+        print(f"{result['checkpoint']} on {result['backend']} ({result['dtype']}): "
+              f"{result['dataset']} {result['split']} "
+              f"({result['n']} images): loss {result['loss']:.4f}, top-1 {100 * result['top1']:.2f}%, "
+              f"top-5 {100 * result['top5']:.2f}%")
+        if output is not None:
+            from .train.checkpoint import atomic_write_text
 
-        atomic_write_text(Path(args.output), json.dumps(result, indent=2) + "\n")
+            try:
+                atomic_write_text(output, json.dumps(result, indent=2) + "\n")
+            except OSError as err:
+                raise OutputError(err.errno, f"cannot write --output {output} ({err.strerror or err})") from err
+    except (Exception, KeyboardInterrupt) as err:
+        return _fail(err, "eval")
     return 0
+
+
+class OutputError(OSError):
+    """--output cannot be written (the message says why)."""
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def _check_output(output: Path) -> None:
+    """--output must name a file in a folder that exists or can be made (raises OutputError saying why not)."""
+    from .train.runfolder import blocking_file
+
+    if output.is_dir():
+        raise OutputError(errno.EISDIR, f"cannot write --output {output}: it is a folder; give a file name")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = OS_HINTS.get(err.errno, err.strerror or str(err)) if err.errno is not None else str(err)
+        where = blocking_file(output.parent) or err.filename or output.parent
+        raise OutputError(err.errno, f"cannot write --output {output} ({why}: {where})") from err
+    if not os.access(output.parent, os.W_OK):
+        raise OutputError(errno.EACCES, f"cannot write --output {output} (permission denied: {output.parent})")
 
 
 def register(subparsers: Any) -> None:

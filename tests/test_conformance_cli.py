@@ -38,12 +38,14 @@ def test_unavailable_backend_shows_not_available_never_passed(monkeypatch):
     assert not entry.available
     report = runner.run_suite([entry], levels=(1, 3), dtypes=("float64",), full=False)
     assert {r.status for r in report.results} == {"n/a"}
-    assert report.exit_code() == 0  # not a failure ...
+    assert not report.failures  # not a failure ...
+    assert report.exit_code() == 1 and report.verdict == "NOT PASSED"  # ... and not a pass: nothing was checked
     text = format_console(report)
     assert "NOT AVAILABLE: missing fakepkg" in text
+    assert text.splitlines()[-1].startswith("NOT PASSED: ") and "\nPASSED" not in text
     rows = [line for line in text.splitlines() if line.startswith(("  1 op forward", "  3 identities"))]
     assert len(rows) == 2 and all(line.split()[-1] == "n/a" for line in rows)
-    assert "n/a" in format_markdown(report)
+    assert "n/a" in format_markdown(report) and "NOT PASSED" in format_markdown(report)
 
 
 def test_level_and_dtype_parsing():

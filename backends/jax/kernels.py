@@ -19,7 +19,8 @@ import numpy as np
 from jax import lax
 
 from convnn.candidates import make_rng as host_rng
-from convnn.kernels import KernelsBase
+from convnn.grid import Grid
+from convnn.kernels import KernelsBase, check_grid
 
 from . import PATH_NAME, nn
 from .arrays import as_key, draw_on_device, index_dtype, is_jax_key, is_tracer, x64_enabled
@@ -28,6 +29,7 @@ from .neighbors import (
     block_budget,
     candidate_features,
     gather_rows,
+    grid_part,
     map_blocks,
     paired_affinity,
     select_block,
@@ -140,7 +142,8 @@ class JaxKernels(KernelsBase):
 
     @property
     def dtypes(self) -> tuple[str, ...]:  # type: ignore[override]
-        """float32 always; float64 while 64-bit jax is on (a process-wide switch)."""
+        """float32 always; float64 while 64-bit jax is on (a process-wide switch). float16/bfloat16 are refused at
+        the door with a TypeError naming them (the blocked selection would score them in their own dtype)."""
         return ("float32", "float64") if x64_enabled() else ("float32",)
 
     @property
@@ -199,7 +202,8 @@ class JaxKernels(KernelsBase):
 
     # -- kernels
     def select(self, keys: Any, queries: np.ndarray, cand: Optional[Any], *, k: int, metric: str, self_first: bool,
-               heads: int, query_feats: Optional[Any] = None) -> jnp.ndarray:
+               heads: int, query_feats: Optional[Any] = None, grid: Optional[Grid] = None) -> jnp.ndarray:
+        check_grid(grid, metric, heads)
         b = keys.shape[0]
         keys = lax.stop_gradient(keys)
         q = query_rows(keys, queries) if query_feats is None else lax.stop_gradient(query_feats)
@@ -214,24 +218,30 @@ class JaxKernels(KernelsBase):
         def block(qb: jnp.ndarray, tb: jnp.ndarray, c: dict) -> jnp.ndarray:
             cb = shared if c["cand"] is None else c["cand"]
             return select_block(qb, tb, c["cand_feats"], cb, k=k, metric=metric, self_first=self_first,
-                                precision=precision)
+                                precision=precision, grid=grid)
 
         n_cand = consts["cand_feats"].shape[1]
         idx = map_blocks(block, qh, consts, row_consts=qtok, heads=heads, per_row=n_cand, budget=self.budget)
         return lax.stop_gradient(idx.reshape(b, heads, qh.shape[1], k))
 
     def slot_affinity(self, keys: Any, queries: np.ndarray, idx: Any, *, metric: str, heads: int,
-                      query_feats: Optional[Any] = None) -> jnp.ndarray:
+                      query_feats: Optional[Any] = None, grid: Optional[Grid] = None) -> jnp.ndarray:
+        check_grid(grid, metric, heads)
         b, _, nq, k = idx.shape
         q = query_rows(keys, queries) if query_feats is None else query_feats
         kh, qh = split_heads(keys, heads), split_heads(q, heads)
         ih = idx.reshape(b * heads, nq, k)
+        qtok = None if grid is None else jnp.asarray(queries, dtype=ih.dtype)
 
-        def block(rowed: tuple, _: Any, table: jnp.ndarray) -> jnp.ndarray:
+        def block(rowed: tuple, tb: Any, table: jnp.ndarray) -> jnp.ndarray:
             qb, ib = rowed
-            return paired_affinity(metric, qb[:, :, None, :], gather_rows(table, ib))
+            aff = paired_affinity(metric, qb[:, :, None, :], gather_rows(table, ib))
+            if grid is not None:  # the exact coordinate part of the token offsets (SPEC section 4, step 1)
+                aff = aff - grid_part(grid, tb[None, :, None], ib, aff.dtype)
+            return aff
 
-        aff = map_blocks(block, (qh, ih), kh, heads=heads, per_row=k * kh.shape[-1], budget=self.budget, remat=True)
+        aff = map_blocks(block, (qh, ih), kh, row_consts=qtok, heads=heads, per_row=k * max(kh.shape[-1], 1),
+                         budget=self.budget, remat=True)
         return aff.reshape(b, heads, nq, k)
 
     def gather_taps(self, values: Any, idx: Any, rho: Optional[Any], weight: Any, *, taps: str) -> jnp.ndarray:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from convnn.affinity import EPS_NORM
+from convnn.grid import Grid, grid_units
 
 from .topk import top_k_lower_index
 
@@ -89,15 +90,25 @@ def candidate_features(feats: jnp.ndarray, cand: Optional[jnp.ndarray]) -> jnp.n
     return jnp.take_along_axis(feats, cand[:, :, None], axis=1)
 
 
+def grid_part(grid: Grid, q_tok: jnp.ndarray, c_tok: jnp.ndarray, dtype: Any) -> jnp.ndarray:
+    """The exact coordinate part scale * units of query tokens q_tok and candidate tokens c_tok (broadcast),
+    SPEC section 4 step 1: integer units (int32 without x64; make_grid keeps them in range), one product."""
+    return grid_units(grid, q_tok, c_tok).astype(dtype) * jnp.asarray(grid.scale, dtype=dtype)
+
+
 def select_block(q: jnp.ndarray, qtok: jnp.ndarray, cand_feats: jnp.ndarray, cand: Optional[jnp.ndarray], *,
-                 k: int, metric: str, self_first: bool, precision: Any) -> jnp.ndarray:
-    """Token indices [G, R, K] of one block in rank order (the query in slot 0 when self_first)."""
+                 k: int, metric: str, self_first: bool, precision: Any, grid: Optional[Grid] = None) -> jnp.ndarray:
+    """Token indices [G, R, K] of one block in rank order (the query in slot 0 when self_first); a grid adds
+    the exact coordinate part to the euclidean distance."""
     g, r = q.shape[0], q.shape[1]
     aff = affinity_block(metric, q, cand_feats, precision)
     s = aff.shape[-1]
-    if self_first:
+    if self_first or grid is not None:
         cand_tok = lax.broadcasted_iota(qtok.dtype, (1, 1, s), 2) if cand is None else (
             cand[None, None, :] if cand.ndim == 1 else cand[:, None, :])
+    if grid is not None:
+        aff = aff - grid_part(grid, qtok[None, :, None], cand_tok.astype(qtok.dtype), aff.dtype)
+    if self_first:
         aff = jnp.where(cand_tok == qtok[None, :, None], -jnp.inf, aff)
     slots = k - 1 if self_first else k
     parts = []

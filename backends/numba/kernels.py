@@ -14,11 +14,14 @@ from autograd.tracer import getval
 
 from convnn.backends.common.autograd_xp import AUTOGRAD_XP
 from convnn.candidates import make_rng
-from convnn.kernels import KernelsBase
+from convnn.grid import Grid, grid_distance
+from convnn.kernels import KernelsBase, check_grid
 
 from . import threads
 from .primitives import gather_taps, select_indices, slot_affinity
 
+# float16/bfloat16 are refused at the pipeline's door with a TypeError naming them (the numba kernels
+# compile float32/float64 only; low precision would have to be upcast anyway on a CPU)
 DTYPES = ("float32", "float64")
 
 
@@ -66,18 +69,24 @@ class NumbaKernels(KernelsBase):
         return run
 
     def select(self, keys: Any, queries: np.ndarray, cand: Optional[Any], *, k: int, metric: str, self_first: bool,
-               heads: int, query_feats: Optional[Any] = None) -> np.ndarray:
+               heads: int, query_feats: Optional[Any] = None, grid: Optional[Grid] = None) -> np.ndarray:
+        check_grid(grid, metric, heads)
         k_raw = np.ascontiguousarray(getval(keys))
         rows = _candidate_rows(cand, k_raw.shape[0], k_raw.shape[1])
         if query_feats is None:
-            return select_indices(k_raw, queries, k_raw, rows, queries, heads, metric, k, self_first)
+            return select_indices(k_raw, queries, k_raw, rows, queries, heads, metric, k, self_first, grid)
         q_raw = np.asarray(getval(query_feats))
         return select_indices(q_raw, np.arange(q_raw.shape[1]), k_raw, rows, queries, heads, metric, k, self_first)
 
     def slot_affinity(self, keys: Any, queries: np.ndarray, idx: np.ndarray, *, metric: str, heads: int,
-                      query_feats: Optional[Any] = None) -> Any:
+                      query_feats: Optional[Any] = None, grid: Optional[Grid] = None) -> Any:
+        check_grid(grid, metric, heads)
         q = keys[:, queries, :] if query_feats is None else query_feats
-        return slot_affinity(q, keys, idx, metric)
+        aff = slot_affinity(q, keys, idx, metric)
+        if grid is None:
+            return aff
+        # the exact coordinate part (SPEC section 4, step 1): a constant of the token offsets, no gradient
+        return aff - grid_distance(np, grid, np.asarray(queries)[None, None, :, None], np.asarray(idx), aff.dtype)
 
     def gather_taps(self, values: Any, idx: np.ndarray, rho: Optional[Any], weight: Any, *, taps: str) -> Any:
         return gather_taps(values, idx, rho, weight, taps)

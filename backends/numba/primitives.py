@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 from autograd.extend import defvjp_argnums, primitive
 
+from convnn.grid import Grid
 from convnn.kernels import METRIC_CODES
 
 from . import gather_kernels, select_kernels, slot_kernels
@@ -25,9 +26,10 @@ def _c(a: np.ndarray, dtype: Optional[np.dtype] = None) -> np.ndarray:
 
 
 def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray,
-                   heads: int, metric: str, k: int, self_first: bool) -> np.ndarray:
+                   heads: int, metric: str, k: int, self_first: bool, grid: Optional[Grid] = None) -> np.ndarray:
     """Neighbour token indices [B, H, Nq, K] in rank order for the queries q[:, q_rows] (no gradient:
-    indices are piecewise constant); queries are the query rows' token indices (for self_first)."""
+    indices are piecewise constant); queries are the query rows' token indices (for self_first and the
+    grid, whose exact coordinate part joins the euclidean distance: SPEC section 4, step 1)."""
     q = _c(q)
     kf = q if kf is q else _c(kf, q.dtype)
     q_rows = _c(q_rows, np.int64)
@@ -37,9 +39,16 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
     slots = k - 1 if self_first else k
     out = np.empty((b, heads, nq, k), dtype=np.int64)
     rows = select_kernels.rows_per_block(nq, cand.shape[1])
+    if grid is None:
+        gshape = gmult = np.zeros(0, dtype=np.int64)
+        gscale = 0.0
+    else:
+        gshape = np.asarray(grid.shape, dtype=np.int64)
+        gmult = np.asarray(grid.mult, dtype=np.int64)
+        gscale = float(np.asarray(grid.scale, dtype=q.dtype))  # the constant the other backends use
     with parallel_region():
         select_kernels.select_topk(q, q_rows, kf, cand, queries, heads, METRIC_CODES[metric], slots,
-                                   bool(self_first), rows, out)
+                                   bool(self_first), rows, grid is not None, gshape, gmult, gscale, out)
     return out
 
 

@@ -42,6 +42,14 @@ def _insert(v, tok, count, slots, vals, ids):
 
 
 @njit(cache=True)
+def grid_coords(tok, gshape, out):
+    """The row-major position of token tok on the padded grid gshape [D], written into out [D]."""
+    for d in range(gshape.shape[0] - 1, -1, -1):
+        out[d] = tok % gshape[d]
+        tok = tok // gshape[d]
+
+
+@njit(cache=True)
 def _top_slots(row, cand_row, qtok, self_first, slots, vals, ids, metric, qq, ksq, inv_scale):
     """Scan one row of raw dot products in candidate order, keeping the `slots` best affinities in vals/ids.
 
@@ -74,13 +82,46 @@ def _top_slots(row, cand_row, qtok, self_first, slots, vals, ids, metric, qq, ks
             thr = vals[slots - 1]
 
 
+@njit(cache=True)
+def _top_slots_grid(row, cand_row, qtok, self_first, slots, vals, ids, qq, ksq, qpos, cpos, gmult, gscale):
+    """_top_slots for metric euclidean with a grid: the exact coordinate part gscale * units joins the clamped
+    feature part (SPEC section 4, step 1), units = sum_d gmult[d] * (qpos[d] - cpos[j, d])^2 (convnn.grid).
+
+    A function of its own, so that the plain metrics' scan keeps its code. The coordinate part is >= 0, so
+    a candidate whose feature part alone is not above the threshold is passed over without computing it."""
+    count = 0
+    thr = -np.inf
+    n_axes = gmult.shape[0]
+    for j in range(row.shape[0]):
+        sq = (qq + ksq[j]) - 2.0 * row[j]
+        sq = sq if sq > 0.0 else 0.0
+        if count == slots and not -sq > thr:
+            continue
+        units = 0
+        for d in range(n_axes):
+            off = qpos[d] - cpos[j, d]
+            units += gmult[d] * off * off
+        v = -(sq + gscale * units)
+        if count == slots and not v > thr:
+            continue
+        tok = cand_row[j]
+        if self_first and tok == qtok:
+            continue
+        count = _insert(v, tok, count, slots, vals, ids)
+        if count == slots:
+            thr = vals[slots - 1]
+
+
 @njit(parallel=True, cache=True)
-def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, block_rows, out_idx):
+def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, block_rows, has_grid, gshape, gmult,
+                gscale, out_idx):
     """Rank-ordered neighbour token indices out_idx [B, H, Nq, K]: query i is row q[b, q_rows[i]], keys kf [B, N, F].
 
     cand [B, S] (sorted ascending) are the candidate token indices; with self_first slot 0 is the
     query's own token queries[i] and the other slots exclude it. Channel group h of F is head h.
-    Cosine rows are normalised before the GEMM, so its output is the cosine itself.
+    Cosine rows are normalised before the GEMM, so its output is the cosine itself. has_grid (euclidean,
+    one head): the padded grid gshape [D], its integer axis weights gmult [D] and the unit gscale add
+    the exact coordinate part of the queries' and candidates' token offsets (F may then be 0).
     """
     n_batch, n_feat = q.shape[0], q.shape[2]
     n_query = q_rows.shape[0]
@@ -88,7 +129,14 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
     fh = n_feat // heads
     first = 1 if self_first else 0
     dtype = q.dtype
-    inv_scale = 1.0 / math.sqrt(fh)
+    inv_scale = 1.0 / math.sqrt(fh) if fh > 0 else 1.0
+    grid_scan = has_grid and metric == 1
+    n_axes = gshape.shape[0] if grid_scan else 0
+    cpos = np.empty((n_batch, n_cand, n_axes), dtype=np.int64)  # the candidates' grid positions
+    if grid_scan:
+        for b in prange(n_batch):
+            for j in range(n_cand):
+                grid_coords(cand[b, j], gshape, cpos[b, j])
     # per (image, head): candidate feature rows [S, fh] (unit rows for cosine) and their squared norms
     kc = np.empty((n_batch, heads, n_cand, fh), dtype=dtype)
     ksq = np.empty((n_batch, heads, n_cand), dtype=dtype)
@@ -140,12 +188,17 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
                         aff[r, j] += qv * kch[j, f]
         vals = np.empty(max(slots, 1), dtype=np.float64)
         ids = np.empty(max(slots, 1), dtype=np.int64)
+        qpos = np.empty(n_axes, dtype=np.int64)
         ksq_bh = ksq[b, h]
         cand_row = cand[b]
         for r in range(rows):
             i = i0 + r
             qtok = queries[i]
-            if slots > 0:
+            if slots > 0 and grid_scan:
+                grid_coords(qtok, gshape, qpos)
+                _top_slots_grid(aff[r], cand_row, qtok, self_first, slots, vals, ids, qsq[r], ksq_bh, qpos, cpos[b],
+                                gmult, gscale)
+            elif slots > 0:
                 _top_slots(aff[r], cand_row, qtok, self_first, slots, vals, ids, metric, qsq[r], ksq_bh, inv_scale)
             if self_first:
                 out_idx[b, h, i, 0] = qtok

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+from convnn.grid import uses_grid
 from convnn.registry import BackendPlugin
 
 OPTIONS = ("device", "deterministic", "fused", "check_inputs")
@@ -52,6 +53,9 @@ def fused_blockers(op: str, cfg: Any, dtype: str, device: str, explicit_candidat
             why.append(f"order={cfg.order!r} (needs 'rank')")
         if cfg.sampling != "all" or explicit_candidates:
             why.append("a candidate subset (needs all tokens)")
+        if op in ("convnn2d", "convnn1d") and uses_grid(cfg):
+            why.append(f"select={cfg.select!r} with metric='euclidean' adds the exact grid distance of SPEC "
+                       "section 4 step 1, which the Triton kernels do not compute")
     return why
 
 

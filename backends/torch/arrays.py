@@ -1,12 +1,21 @@
-"""Arrays and explicit randomness for the torch backend: dtypes, asarray / to_numpy, and an RNG key (an integer
-seed, split deterministically).
+"""Arrays and explicit randomness for the torch backend: dtypes, asarray / to_numpy, and RNG keys.
 
-A key seeds a fresh torch.Generator per call on the tensor's device (dropout masks) and a NumPy
-Generator for candidate draws. An int seed or a numpy Generator given instead is used exactly as
-the spec uses it (NumPy draws), so both backends then see the same candidates and masks.
+TorchRngKey (an integer seed, split deterministically) seeds a fresh torch.Generator per call on
+the tensor's device (dropout masks) and draws candidates exactly as the spec does for that seed
+(NumPy), so a key and its seed agree. An int seed or a numpy Generator given instead is used
+exactly as the spec uses it (NumPy draws), so both backends then see the same candidates and masks.
+
+Two keys serve the nn.Modules, both traceable by torch.compile(fullgraph=True) (Dynamo cannot trace
+np.random.default_rng):
+  GlobalRngKey   training draws: candidates (torch.randperm) and dropout masks (torch.rand) from torch's
+                 global RNG on the device, so torch.manual_seed makes runs repeatable;
+  SeedTensorKey  evaluation's fixed draw: the spec's draw for the seed held in a 0-d int64 tensor (the
+                 module's `sample_seed` buffer), run by the custom op convnn::seeded_candidates, which
+                 compiled graphs keep as one opaque node.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -19,6 +28,27 @@ class TorchRngKey:
     """The torch backend's RNG key: an immutable 63-bit seed."""
 
     seed: int
+
+
+@dataclass(frozen=True)
+class GlobalRngKey(TorchRngKey):
+    """Draw from torch's global RNG on the device (torch.randperm / torch.rand): the modules' training draws.
+
+    Traceable by torch.compile(fullgraph=True); `seed` is unused (torch.manual_seed sets the stream).
+    """
+
+    seed: int = -1
+
+
+@dataclass(frozen=True)
+class SeedTensorKey(TorchRngKey):
+    """The spec's candidate draw for the seed in a 0-d integer tensor (a module's `sample_seed` buffer).
+
+    Drawn by the custom op convnn::seeded_candidates, so the seed is read when the graph runs, not when it
+    is traced: a compiled module follows load_state_dict, and its draw equals the eager one.
+    """
+
+    seed: Any = None  # a 0-d int64 torch.Tensor
 
 
 def make_rng(seed: int) -> TorchRngKey:
@@ -52,24 +82,35 @@ def as_host_rng(rng: RngLike) -> Optional[Union[int, np.random.Generator]]:
     if rng is None or isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, TorchRngKey):
-        return np.random.default_rng(rng.seed)
+        return np.random.default_rng(key_seed(rng))
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
     raise TypeError(f"rng={rng!r} must be None, an int seed, a numpy.random.Generator or a torch backend key")
 
 
+def key_seed(key: TorchRngKey) -> int:
+    """The integer seed of a seeded key (a SeedTensorKey's tensor is read on the host)."""
+    if isinstance(key, GlobalRngKey):
+        raise TypeError("a GlobalRngKey draws from torch's global RNG and has no seed")
+    return int(key.seed)
+
+
 def generator(key: TorchRngKey, device: torch.device) -> torch.Generator:
     """A torch.Generator on `device` seeded from key."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(key.seed)
+    gen.manual_seed(key_seed(key))
     return gen
 
 
 def dropout_mask(like: torch.Tensor, p: float, rng: Any) -> torch.Tensor:
     """Inverted-dropout multipliers (0 or 1/(1-p)) shaped like `like`.
 
-    A TorchRngKey draws on the device; a numpy Generator (or an int) draws on the host as the spec does.
+    A GlobalRngKey draws from torch's global RNG on the device (traceable); a TorchRngKey from a generator
+    it seeds on the device; a numpy Generator (or an int) draws on the host as the spec does.
     """
+    if isinstance(rng, GlobalRngKey):
+        keep = torch.rand(like.shape, device=like.device, dtype=torch.float32) >= p
+        return keep.to(like.dtype) / (1.0 - p)
     if isinstance(rng, TorchRngKey):
         keep = torch.rand(like.shape, generator=generator(rng, like.device), device=like.device,
                           dtype=torch.float32) >= p
@@ -77,6 +118,53 @@ def dropout_mask(like: torch.Tensor, p: float, rng: Any) -> torch.Tensor:
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(int(rng))
     keep = gen.random(tuple(like.shape)) >= p
     return torch.as_tensor(keep.astype(np.float64) / (1.0 - p), dtype=like.dtype, device=like.device)
+
+
+# ----------------------------------------------------------------------------- candidate draws
+def _host_constant(fn: Any) -> Any:
+    """Dynamo calls a function so marked once while tracing and keeps its result as a constant (the marker
+    torch.compiler.assume_constant_result sets; convnn.pipeline.host_constant is the same)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@functools.lru_cache(maxsize=256)
+def _spec_draw(seed: int, n_tokens: int, count: int) -> tuple[int, ...]:
+    from convnn.candidates import draw_random
+
+    return tuple(int(i) for i in draw_random(n_tokens, count, np.random.default_rng(seed)))
+
+
+@_host_constant  # on the plain function: Dynamo looks through an lru_cache wrapper and would trace the NumPy
+def spec_draw(seed: int, n_tokens: int, count: int) -> tuple[int, ...]:
+    """The spec's uniform draw (convnn.draw_random) for an int seed: sorted token indices (a tuple: cached)."""
+    return _spec_draw(int(seed), int(n_tokens), int(count))
+
+
+@torch.library.custom_op("convnn::seeded_candidates", mutates_args=())
+def seeded_candidates(seed: torch.Tensor, n_tokens: int, count: int, device: torch.device) -> torch.Tensor:
+    """The spec's draw for the seed held in a 0-d integer tensor, as int64 [count] on `device`."""
+    return torch.tensor(spec_draw(int(seed), int(n_tokens), int(count)), dtype=torch.int64, device=device)
+
+
+@seeded_candidates.register_fake
+def _seeded_candidates_fake(seed: torch.Tensor, n_tokens: int, count: int, device: torch.device) -> torch.Tensor:
+    return torch.empty((count,), dtype=torch.int64, device=device)
+
+
+def draw_candidates(key: TorchRngKey, n_tokens: int, count: int, device: Any) -> torch.Tensor:
+    """`count` distinct sorted token indices in [0, n_tokens) for a key, as int64 on `device`.
+
+    GlobalRngKey: torch.randperm from the global RNG on the device; SeedTensorKey: the spec's draw for its
+    seed through the custom op; TorchRngKey: the spec's draw for its int seed (a constant under tracing).
+    All three trace under torch.compile(fullgraph=True).
+    """
+    device = torch.device(device)
+    if isinstance(key, GlobalRngKey):
+        return torch.sort(torch.randperm(n_tokens, device=device)[:count]).values
+    if isinstance(key, SeedTensorKey):
+        return seeded_candidates(key.seed, n_tokens, count, device)
+    return torch.tensor(spec_draw(int(key.seed), int(n_tokens), int(count)), dtype=torch.int64, device=device)
 
 
 # ----------------------------------------------------------------------------- arrays

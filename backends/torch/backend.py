@@ -53,6 +53,11 @@ class TorchBackend(PipelineOps):
         """Dtypes the ConvNN ops take: float64/float32 everywhere, plus bfloat16/float16 on CUDA."""
         return self.capabilities.dtypes
 
+    @property
+    def threads(self) -> int:
+        """The intra-op thread count torch computes with on the CPU (recorded by the trainer)."""
+        return torch.get_num_threads()
+
     def __repr__(self) -> str:
         o = self.options
         return (f"<convnn backend 'torch' device={self.device} deterministic={o.deterministic} fused={o.fused} "

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convnn.candidates import draw_random, make_rng
-from convnn.kernels import KernelsBase, PathChoice, PathRequest
+from convnn.candidates import make_rng
+from convnn.grid import Grid
+from convnn.kernels import KernelsBase, PathChoice, PathRequest, check_grid
 
 from . import EAGER_PATH, describe_path, ops
 from .arrays import TorchRngKey, dropout_mask
-from .selection import gather_rows, paired_affinity
+from .selection import gather_rows, grid_args, grid_block, paired_affinity
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ def merge_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(bh // heads, heads, n, dh).transpose(1, 2).reshape(bh // heads, n, heads * dh)
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
 def device_dtypes(device: torch.device) -> tuple[str, ...]:
     """The float dtypes the ConvNN ops take on a device: float64/float32, plus bfloat16/float16 on CUDA."""
     if torch.device(device).type == "cuda":
@@ -62,7 +66,7 @@ def device_dtypes(device: torch.device) -> tuple[str, ...]:
     return ("float64", "float32")
 
 
-def _known_affinity(idx: torch.Tensor, keys: torch.Tensor, query_feats: Optional[torch.Tensor], metric: str
+def _known_affinity(idx: torch.Tensor, keys: torch.Tensor, query_feats: Optional[torch.Tensor], metric: Any
                     ) -> Optional[torch.Tensor]:
     """The affinities select computed for exactly these indices (rank order, same features and metric), when no
     gradient is wanted through them; None otherwise (then they are recomputed from the gathered rows)."""
@@ -117,9 +121,11 @@ class TorchKernels(KernelsBase):
         return isinstance(rng, TorchRngKey)
 
     def draw_candidates(self, key: TorchRngKey, n_tokens: int, count: int) -> torch.Tensor:
-        """The spec's uniform draw from a NumPy Generator seeded by the key (so a key and its seed agree)."""
-        host = draw_random(n_tokens, count, np.random.default_rng(key.seed))
-        return torch.as_tensor(host, device=self.torch_device)
+        """The key's draw (arrays.draw_candidates): the spec's draw for a seeded key (so a key and its seed agree),
+        torch's global RNG on the device for the modules' training key; traceable with fullgraph=True."""
+        from .arrays import draw_candidates
+
+        return draw_candidates(key, n_tokens, count, self.torch_device)
 
     def split_call_rng(self, rng: Any) -> tuple[Any, Any]:
         """(candidate rng, dropout rng): a key serves both (candidates from its seed, dropout on the device);
@@ -147,8 +153,10 @@ class TorchKernels(KernelsBase):
         return keys.index_select(1, q_tok) if query_feats is None else query_feats
 
     def select(self, keys: torch.Tensor, queries: np.ndarray, cand: Optional[torch.Tensor], *, k: int, metric: str,
-               self_first: bool, heads: int, query_feats: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """idx [B, H, Nq, K] int64 in rank order (no gradient)."""
+               self_first: bool, heads: int, query_feats: Optional[torch.Tensor] = None,
+               grid: Optional[Grid] = None) -> torch.Tensor:
+        """idx [B, H, Nq, K] int64 in rank order (no gradient); a grid adds the exact coordinate part (SPEC 4.1)."""
+        check_grid(grid, metric, heads)
         b = keys.shape[0]
         q_tok = self._queries(queries, keys)
         keys_in, keys = keys, keys.detach()
@@ -158,24 +166,31 @@ class TorchKernels(KernelsBase):
             if cand.ndim == 2 and heads > 1:
                 cand = cand[:, None, :].expand(b, heads, cand.shape[-1]).reshape(b * heads, cand.shape[-1])
         idx, aff = ops.select_topk(split_heads(qf, heads), split_heads(keys, heads), q_tok, cand, k, metric,
-                                   self_first)
+                                   self_first, *grid_args(grid))
         idx = idx.view(b, heads, idx.shape[1], k)
         if not torch.compiler.is_compiling():
             # the affinities the top-K already computed; slot_affinity reuses them when no gradient is wanted
-            idx._convnn_affinity = (metric, weakref.ref(keys_in), None if query_feats is None
+            idx._convnn_affinity = ((metric, grid), weakref.ref(keys_in), None if query_feats is None
                                     else weakref.ref(query_feats), aff.view(idx.shape))
         return idx
 
     def slot_affinity(self, keys: torch.Tensor, queries: np.ndarray, idx: torch.Tensor, *, metric: str, heads: int,
-                      query_feats: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      query_feats: Optional[torch.Tensor] = None, grid: Optional[Grid] = None) -> torch.Tensor:
         """[B, H, Nq, K] affinities of each query with its slots, from the gathered rows (differentiable)."""
+        check_grid(grid, metric, heads)
         b, _, nq, k = idx.shape
-        known = _known_affinity(idx, keys, query_feats, metric)
+        known = _known_affinity(idx, keys, query_feats, (metric, grid))
         if known is not None:
             return known
+        if grid is not None:  # the feature part, then the exact coordinate part of the offsets (SPEC 4.1)
+            aff = self.slot_affinity(keys, queries, idx, metric=metric, heads=heads, query_feats=query_feats)
+            return aff - grid_block(grid, self._queries(queries, keys)[None, None, :, None], idx, aff.dtype)
         qf = self._query_feats(keys, self._queries(queries, keys), query_feats)
+        dtype = keys.dtype
+        if dtype in HALF:  # scored in float32 as select does: the 1e-12 norm floor is 0 in float16 (0/0 = NaN)
+            keys, qf = keys.float(), qf.float()
         rows = gather_rows(split_heads(keys, heads), idx.reshape(b * heads, nq, k))  # [G, Nq, K, f]
-        return paired_affinity(metric, split_heads(qf, heads), rows).view(b, heads, nq, k)
+        return paired_affinity(metric, split_heads(qf, heads), rows).view(b, heads, nq, k).to(dtype)
 
     def gather_taps(self, values: torch.Tensor, idx: torch.Tensor, rho: Optional[torch.Tensor],
                     weight: torch.Tensor, *, taps: str) -> torch.Tensor:
@@ -183,6 +198,8 @@ class TorchKernels(KernelsBase):
         b, heads, nq, k = idx.shape
         det = self.options.deterministic
         values = values.contiguous()
+        if rho is not None and rho.dtype != values.dtype:  # float32 rho (selection of half inputs) -> values' dtype
+            rho = rho.to(values.dtype)
         if heads == 1:
             return ops.gather_taps(values, idx[:, 0], None if rho is None else rho[:, 0], weight, None, taps, det)
         c = values.shape[-1]
@@ -204,10 +221,16 @@ class TorchKernels(KernelsBase):
         return describe_path(request, fused=self.options.fused)
 
     def fused(self, keys: torch.Tensor, queries: np.ndarray, values: torch.Tensor, weight: torch.Tensor, *, k: int,
-              metric: str, self_first: bool, taps: str) -> torch.Tensor:
+              metric: str, self_first: bool, taps: str, grid: Optional[Grid] = None) -> torch.Tensor:
         """y [B, Nq, O] by one Triton kernel (weighting 'none', all tokens); the eager kernels where the runtime
-        shape checks of the kernel refuse the call."""
+        shape checks of the kernel refuse the call. A grid never comes here (fused_blockers turns it away); if
+        one does, the eager kernels, which compute its exact coordinate part, run."""
+        if grid is not None:
+            idx = self.select(keys, queries, None, k=k, metric=metric, self_first=self_first, heads=1, grid=grid)
+            return self.gather_taps(values, idx, None, weight, taps=taps)
         q_tok = self._queries(queries, keys)
+        if keys.dtype != values.dtype:  # float32 blend features of half inputs: the kernel takes one dtype
+            keys = keys.to(values.dtype)
         qf = keys.index_select(1, q_tok).contiguous()
         values = values.contiguous()
         if ops.triton_usable(values):

@@ -1,9 +1,11 @@
 """nn.Module drop-ins: ConvNN2d, ConvNN1d, Branching2d, ConvNNAttention and the baseline attentions.
 
 Images are NCHW, token sequences [B, N, D]. Arguments are named like nn.Conv2d / nn.MultiheadAttention
-where they mean the same. Sampled layers draw their candidates per call in training; in evaluation
-they reuse one draw seeded per layer (the `sample_seed` buffer, saved in the state_dict) unless
-`resample=True`. Randomness comes from torch's global RNG, so torch.manual_seed makes runs repeatable.
+where they mean the same. Sampled layers draw their candidates per call in training, on the device from
+torch's global RNG (torch.randperm), as dropout masks are (torch.rand), so torch.manual_seed makes runs
+repeatable; in evaluation they reuse one draw seeded per layer (the `sample_seed` buffer, saved in the
+state_dict), the spec's draw for that seed, unless `resample=True`. Both draws trace under
+torch.compile(fullgraph=True) (see arrays.py: GlobalRngKey, SeedTensorKey).
 
 The ConvNN modules run the same pipeline (convnn.pipeline) on the same kernels (kernels.py) as the
 functional ops of `convnn.get_backend("torch")`, with the same input checks: NaN or inf inputs are
@@ -22,7 +24,7 @@ from convnn import pipeline
 from convnn.config import ConvNNConfig, attention_config
 
 from . import attention
-from .arrays import TorchRngKey
+from .arrays import GlobalRngKey, SeedTensorKey, TorchRngKey
 from .kernels import RunOptions, TorchKernels
 
 _CONFIG_FIELDS = ("select", "metric", "blend", "sampling", "num_samples", "self_first", "order", "aggregate_coords",
@@ -55,8 +57,8 @@ class _Sampled(nn.Module):
         if cfg.sampling != "random":
             return None
         if self.training or self.resample:
-            return TorchRngKey(_fresh_seed())
-        return TorchRngKey(int(self.sample_seed))
+            return GlobalRngKey()  # a fresh draw per call from torch's global RNG, on the device
+        return SeedTensorKey(self.sample_seed)  # the spec's draw for this layer's seed, read when the call runs
 
 
 def _make_config(k: int, padding: int, config: Optional[ConvNNConfig], options: dict) -> ConvNNConfig:
@@ -204,7 +206,7 @@ class _AttentionBase(nn.Module):
 
     def _dropout_kw(self) -> dict:
         active = self.training and self.dropout > 0.0
-        return {"dropout": self.dropout, "train": active, "rng": TorchRngKey(_fresh_seed()) if active else None}
+        return {"dropout": self.dropout, "train": active, "rng": GlobalRngKey() if active else None}
 
 
 class ConvNNAttention(_AttentionBase, _Sampled):

@@ -33,18 +33,23 @@ def triton_usable(t: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------- selection
 @torch.library.custom_op("convnn::select_topk", mutates_args=())
 def select_topk(query_feats: torch.Tensor, key_feats: torch.Tensor, queries: Optional[torch.Tensor],
-                cand: Optional[torch.Tensor], k: int, metric: str, self_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices [B, Nq, K] int64 and affinities [B, Nq, K] (float32 for half inputs) in rank order."""
-    if triton_usable(query_feats):
+                cand: Optional[torch.Tensor], k: int, metric: str, self_first: bool, grid: Optional[list[int]] = None,
+                grid_scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices [B, Nq, K] int64 and affinities [B, Nq, K] (float32 for half inputs) in rank order.
+
+    grid (selection.grid_args: padded shape then axis weights) and grid_scale: the exact coordinate part of
+    euclidean position/blend selection (SPEC section 4, step 1), which only the eager selection computes."""
+    if grid is None and triton_usable(query_feats):
         from . import triton_kernels
 
         if triton_kernels.select_supported(query_feats, k):
             return triton_kernels.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first)
-    return selection.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first)
+    return selection.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first,
+                                 selection.grid_of(grid, grid_scale))
 
 
 @select_topk.register_fake
-def _select_topk_fake(query_feats, key_feats, queries, cand, k, metric, self_first):
+def _select_topk_fake(query_feats, key_feats, queries, cand, k, metric, self_first, grid=None, grid_scale=0.0):
     b, nq = query_feats.shape[0], query_feats.shape[1]
     work = torch.float32 if query_feats.dtype in (torch.float16, torch.bfloat16) else query_feats.dtype
     return (query_feats.new_empty((b, nq, k), dtype=torch.int64), query_feats.new_empty((b, nq, k), dtype=work))

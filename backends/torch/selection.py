@@ -7,9 +7,11 @@ position is a lower token index.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+
+from convnn.grid import Grid, grid_units
 
 EPS_NORM = 1e-12
 # elements of one affinity block: 1 MiB of float32 stays in L2 between the GEMM and the top-K on one
@@ -152,6 +154,52 @@ def _mask_self(block: torch.Tensor, qids: torch.Tensor, cand_ids: Optional[torch
     block.scatter_(2, pos[..., None], masked)
 
 
+def grid_of(grid: Optional[Sequence[int]], grid_scale: float) -> Optional[Grid]:
+    """The Grid from its custom-op encoding: padded shape then axis weights as one int list, and the scale."""
+    if grid is None:
+        return None
+    d = len(grid) // 2
+    return Grid(tuple(int(n) for n in grid[:d]), tuple(int(m) for m in grid[d:]), float(grid_scale))
+
+
+def grid_args(grid: Optional[Grid]) -> tuple[Optional[list[int]], float]:
+    """(int list, scale): a Grid as custom-op arguments (None, 0.0 without one)."""
+    if grid is None:
+        return None, 0.0
+    return list(grid.shape) + list(grid.mult), float(grid.scale)
+
+
+def grid_block(grid: Grid, q_tok: torch.Tensor, c_tok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The exact coordinate part scale * units for query tokens q_tok and candidate tokens c_tok (broadcast)."""
+    units = grid_units(grid, q_tok, c_tok)
+    return units.to(dtype) * torch.tensor(grid.scale, dtype=dtype, device=units.device)
+
+
+def grid_positions(grid: Grid, tok: torch.Tensor) -> list[torch.Tensor]:
+    """The tokens' positions along each axis that counts (mult != 0), row-major on the padded grid."""
+    out = []
+    stride = 1
+    for n, m in zip(reversed(grid.shape), reversed(grid.mult)):
+        if m:
+            out.append((tok // stride) % n)
+        stride *= n
+    return out
+
+
+def grid_from_positions(grid: Grid, qpos: list[torch.Tensor], cpos: list[torch.Tensor],
+                        dtype: torch.dtype) -> torch.Tensor:
+    """scale * units from grid_positions of queries and candidates (broadcast): the same integers as grid_units."""
+    mults = [m for m in reversed(grid.mult) if m]
+    units = None
+    for m, qp, cp in zip(mults, qpos, cpos):
+        off = qp - cp
+        term = off.mul_(off).mul_(m)
+        units = term if units is None else units.add_(term)
+    if units is None:  # a single token: every offset is 0
+        return torch.zeros((), dtype=dtype, device=qpos[0].device if qpos else None)
+    return units.to(dtype).mul_(torch.tensor(grid.scale, dtype=dtype, device=units.device))
+
+
 def select_topk(
     query_feats: torch.Tensor,
     key_feats: torch.Tensor,
@@ -160,11 +208,14 @@ def select_topk(
     k: int,
     metric: str,
     self_first: bool,
+    grid: Optional[Grid] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices [B, Nq, K] (int64 token ids) and affinities [B, Nq, K] in rank order, without autograd.
 
     query_feats [B, Nq, F]; key_feats [B, N, F]; queries [Nq] token ids of the queries (self_first);
     cand None (all tokens) or sorted token ids [S] / [B, S]. With self_first slot 0 is the query.
+    grid (metric euclidean): the exact coordinate part of the token offsets joins the squared distance
+    (SPEC section 4, step 1); queries are then required.
     """
     with torch.no_grad():
         b, nq = query_feats.shape[0], query_feats.shape[1]
@@ -182,9 +233,26 @@ def select_topk(
         idx = torch.empty((b, nq, k), dtype=torch.int64, device=query_feats.device)
         aff = torch.empty((b, nq, k), dtype=work, device=query_feats.device)
         operands = prepare_operands(metric, qf, cand_feats)
-        for b0, b1, r0, r1 in blocks(b, nq, n_cand):
+        work_blocks = blocks(b, nq, n_cand)
+        if grid is not None:  # the exact coordinate part (SPEC section 4, step 1) from the tokens' grid positions
+            qpos = grid_positions(grid, queries)
+            cpos = grid_positions(grid, torch.arange(n_cand, device=qf.device) if cand is None else cand)
+            shared = cand is None or cand.ndim == 1
+            if shared:  # one coordinate block per row range serves every image: visit the blocks row range first
+                work_blocks = sorted(work_blocks, key=lambda blk: (blk[2], blk[0]))
+            coord_rows, coord = None, None
+        for b0, b1, r0, r1 in work_blocks:
             block = finish_affinity(metric, *operands, rows=slice(r0, r1), batch=slice(b0, b1))
             cids = None if cand is None else (cand if cand.ndim == 1 else cand[b0:b1])
+            if grid is not None:
+                if not shared:
+                    coord = grid_from_positions(grid, [p[None, r0:r1, None] for p in qpos],
+                                                [p[b0:b1, None, :] for p in cpos], block.dtype)
+                elif coord_rows != (r0, r1):
+                    coord_rows = (r0, r1)
+                    coord = grid_from_positions(grid, [p[r0:r1, None] for p in qpos], [p[None, :] for p in cpos],
+                                                block.dtype)
+                block = block.sub_(coord)
             if self_first:
                 _mask_self(block, queries[r0:r1], cids)
             if slots == 0:

@@ -22,12 +22,14 @@ try:  # triton ships with CUDA builds of torch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - depends on the install
     AVAILABLE = False
 
+from convnn.kernels import METRIC_CODES
+
 from . import aggregation
 
 MAX_FEATURES = 1024
 MAX_K = 64
 MAX_FUSED_OUT = 256
-_METRICS = {"cosine": 0, "euclidean": 1, "dot": 2}
+_METRICS = METRIC_CODES  # the codes every compiled kernel switches on
 
 
 def _pow2(n: int, lo: int = 16) -> int:

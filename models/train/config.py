@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 SCHEDULES = ("constant", "cosine")
 COMPILE = ("auto", "on", "off")
+MAX_LR = 10.0        # larger learning rates are typos (1e30) or non-finite in effect
+MAX_RESIZE = 4096    # pixels per side; --resize 100000 would ask for terabytes per batch
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2 ** 30:,.0f} GiB"
 
 
 @dataclass
@@ -64,14 +71,29 @@ class TrainConfig:
         for name in ("val_size", "subset", "val_subset", "eval_batch_size", "resize"):
             positive_int(name, allow_none=True)
         positive_int("checkpoint_every", minimum=0)
+        if self.resize is not None and self.resize > MAX_RESIZE:
+            raise ValueError(f"train config resize={self.resize} is larger than {MAX_RESIZE} pixels (one batch of "
+                             f"{self.batch_size} images would need {_gib(self.batch_size * 3 * self.resize ** 2 * 4)});"
+                             f" use the model's size (omit --resize) or a size such as 32 or 224")
         for name in ("lr", "weight_decay", "eps", "warmup_epochs"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name == "lr" and v == 0):
-                raise ValueError(f"train config {name}={v!r} must be a {'positive' if name == 'lr' else 'non-negative'}"
-                                 f" number")
+            positive = name in ("lr", "eps")  # eps 0 turns AdamW's 0/0 into NaN for a parameter with no gradient
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                    or (positive and v == 0)):
+                kind = "positive" if positive else "non-negative"
+                raise ValueError(f"train config {name}={v!r} must be a finite {kind} number")
+        if self.lr > MAX_LR:
+            raise ValueError(f"train config lr={self.lr!r} is implausibly large (more than {MAX_LR}; AdamW learning "
+                             f"rates are typically 1e-5 to 1e-2): training would diverge at once")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"train config weight_decay={self.weight_decay!r} with lr={self.lr!r}: the decoupled "
+                             f"decay step lr*weight_decay={self.lr * self.weight_decay:g} must stay below 1 (it "
+                             f"multiplies every parameter by 1 - lr*weight_decay each step)")
         if self.clip_grad_norm is not None and (isinstance(self.clip_grad_norm, bool) or not isinstance(
-                self.clip_grad_norm, (int, float)) or self.clip_grad_norm <= 0):
-            raise ValueError(f"train config clip_grad_norm={self.clip_grad_norm!r} must be a positive number or null")
+                self.clip_grad_norm, (int, float)) or not math.isfinite(self.clip_grad_norm)
+                or self.clip_grad_norm <= 0):
+            raise ValueError(f"train config clip_grad_norm={self.clip_grad_norm!r} must be a finite positive number or "
+                             f"null (no clipping)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"train config schedule={self.schedule!r} is not allowed; choose one of "
                              f"{', '.join(SCHEDULES)}")
@@ -81,7 +103,7 @@ class TrainConfig:
             raise ValueError(f"train config dtype={self.dtype!r} is not allowed; choose float32 or float64")
         if not isinstance(self.model_options, dict):
             raise ValueError(f"train config model_options={self.model_options!r} must be a dict")
-        betas = tuple(self.betas)
+        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"train config betas={self.betas!r} must be two numbers in [0, 1)")
         self.betas = (float(betas[0]), float(betas[1]))

@@ -17,10 +17,21 @@ def host_batch(ds: Dataset, index: np.ndarray, resize: Optional[int]) -> np.ndar
     return resize_bilinear(x, resize) if resize else x
 
 
+class EvaluationStopped(Exception):
+    """evaluate() stopped early because should_stop() said so (a signal asked the run to stop)."""
+
+
 def evaluate(model: Any, params: Any, state: Any, ds: Dataset, *, batch_size: int, resize: Optional[int],
-             logits_fn: Optional[Callable[..., Any]] = None, progress: bool = False, desc: str = "eval"
-             ) -> dict[str, float]:
-    """{'loss', 'top1', 'top5', 'n'}: every image counts once (no mean of batch means)."""
+             logits_fn: Optional[Callable[..., Any]] = None, progress: bool = False, desc: str = "eval",
+             should_stop: Optional[Callable[[], bool]] = None) -> dict[str, float]:
+    """{'loss', 'top1', 'top5', 'n'}: every image counts once (no mean of batch means).
+
+    should_stop() is asked before each batch; when it answers True, EvaluationStopped is raised.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"evaluation batch_size={batch_size!r} must be an int >= 1")
+    if len(ds) == 0:
+        raise ValueError(f"the {desc} split of {ds.name!r} holds no images")
     backend = model.backend
     if logits_fn is None:
         def logits_fn(p: Any, s: Any, x: Any) -> Any:
@@ -29,6 +40,10 @@ def evaluate(model: Any, params: Any, state: Any, ds: Dataset, *, batch_size: in
     loss_sum, top1, top5 = 0.0, 0, 0
     bar = _bar(math.ceil(n / batch_size), desc, progress)
     for start in range(0, n, batch_size):
+        if should_stop is not None and should_stop():
+            if bar is not None:
+                bar.close()
+            raise EvaluationStopped(desc)
         index = np.arange(start, min(n, start + batch_size))
         x = backend.asarray(host_batch(ds, index, resize), model.dtype)
         logits = backend.to_numpy(logits_fn(params, state, x)).astype(np.float64)

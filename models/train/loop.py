@@ -2,12 +2,20 @@
 
 Every random draw is a function of (seed, step) or (seed, epoch), so a run resumed from its last
 checkpoint replays exactly what the uninterrupted run would have done.
+
+Nothing is lost or mixed silently: a run holds an exclusive lock on its folder and never starts in a folder that
+already holds files; a fresh run saves 'last' before its first step, so it can always be resumed; SIGINT/SIGTERM
+save 'last' at the last completed step and raise TrainingInterrupted; a non-finite loss, gradient norm or
+parameter raises TrainingDiverged and keeps the last good checkpoint; checkpoint writes are all-or-nothing.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +30,47 @@ from ..data.dataset import Dataset
 from ..data.transforms import normalise, random_crop_flip, resize_bilinear
 from ..registry import create_model
 from .backend_choice import resolve_training_backend
-from .checkpoint import atomic_write_text, fill_like, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .evaluate import evaluate
+from .checkpoint import (CheckpointWriteError, NonFiniteTensor, atomic_write_text, check_finite, checkpoint_bytes,
+                         fill_like, host_tensors, load_checkpoint, to_host, write_checkpoints)
+from .config import FIELDS, TrainConfig
+from .evaluate import EvaluationStopped, evaluate
 from .metrics import MetricsFiles, topk_correct
 from .plots import plot_curves
+from .runfolder import RunFolderLock, clean_stale_temporaries, contents
 from .schedule import lr_scale
 
 # fields that must agree between a run and the checkpoint it resumes from
 IDENTITY_FIELDS = ("model", "model_options", "dataset", "val_size", "subset", "val_subset", "batch_size", "lr",
                    "weight_decay", "betas", "eps", "clip_grad_norm", "schedule", "warmup_epochs", "augment",
                    "resize", "seed", "dtype")
+# what `--resume` may change (the rest continues the checkpoint's config)
+RESUME_MAY_CHANGE = ("epochs", "test", "backend", "progress", "compile", "checkpoint_every", "eval_batch_size")
+# environment variables that set thread counts, recorded with each run
+THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "XLA_FLAGS", "CONVNN_THREADS")
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run; `last` holds the last completed step unless saved is False."""
+
+    def __init__(self, signum: int, run_dir: Path, step: Optional[int], saved: bool) -> None:
+        self.signum, self.run_dir, self.step, self.saved = signum, Path(run_dir), step, saved
+        name = signal.Signals(signum).name
+        last = self.run_dir / "checkpoints" / "last.safetensors"
+        if saved:
+            what = f"interrupted by {name} at step {step}; saved {last}"
+        else:
+            what = (f"interrupted by {name} again: stopped without saving; {last} holds step {step}"
+                    if step is not None else f"interrupted by {name} before the first checkpoint: nothing saved")
+        super().__init__(f"{what}; resume with: convnn train --resume {self.run_dir}" if step is not None else what)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss, the gradient norm or a parameter became NaN or inf."""
 
 
 @dataclass
@@ -84,6 +122,8 @@ class _Run:
     meta_base: dict[str, Any] = field(default_factory=dict)
     t_epoch: float = 0.0
     last_loss: float = float("nan")
+    saved_at: Optional[tuple[int, int, int]] = None  # (epoch, step_in_epoch, global_step) of 'last' on disk
+    threads: dict[str, Any] = field(default_factory=dict)
 
 
 def set_seed(seed: int) -> None:
@@ -122,6 +162,9 @@ class Trainer:
         self.resume = resume
         self.step_callback = step_callback
         self.log = log
+        self._signal: Optional[int] = None
+        self._run_dir: Optional[Path] = None
+        self._saved_step: Optional[int] = None
 
     # ------------------------------------------------------------------ setup
     def _data(self) -> tuple[Dataset, Dataset]:
@@ -161,27 +204,147 @@ class Trainer:
             raise ValueError("the checkpoint comes from a different training config; resume with the same settings "
                              "(or start a new run): " + "; ".join(diff))
 
+    def _check_config_json(self, run_dir: Path, saved: dict[str, Any]) -> None:
+        """Refuse to resume when config.json was edited since the checkpoint was saved: the resume would ignore the
+        edit and overwrite it. A field the resume itself sets to the edited value is not a conflict."""
+        path = run_dir / "config.json"
+        if not path.is_file():
+            return
+        advice = (f"--resume continues the checkpoint's config and rewrites config.json; restore {path} (only "
+                  f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE[:2])} and display options may "
+                  f"change on the command line), or start a new run with the edited settings")
+        try:
+            on_disk = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); {advice}") from err
+        if not isinstance(on_disk, dict):
+            raise ValueError(f"{path} does not hold a JSON object; {advice}")
+        mine = self.cfg.resolved()
+        diff = [f"{k}: config.json {on_disk[k]!r} vs checkpoint {saved.get(k)!r}" for k in sorted(FIELDS)
+                if k in on_disk and _norm(on_disk[k]) not in (_norm(saved.get(k)), _norm(mine.get(k)))]
+        if diff:
+            raise ValueError(f"{path} was edited after the checkpoint was saved ({'; '.join(diff)}); {advice}")
+
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
-        """Train (or resume) to cfg.epochs, evaluating and checkpointing after each epoch; test at the end."""
+        """Train (or resume) to cfg.epochs, evaluating and checkpointing after each epoch; test at the end.
+
+        The run folder is locked for the whole run (a second run into it raises RunFolderBusy). SIGINT and
+        SIGTERM (in the main thread) stop the run after the current step, save 'last' and raise
+        TrainingInterrupted; a second signal stops at once without saving.
+        """
         set_seed(self.cfg.seed)  # before the model is built (SPEC.md section 8)
-        ckpt, run_dir = self._open_run()
+        run_dir = self._run_dir = self._target_dir()
+        lock = RunFolderLock(run_dir).acquire()
+        if not lock.locked:
+            self.log(f"note: {run_dir} could not be locked (no file locks on this platform or file system); make sure "
+                     f"no other run writes into it")
+        previous = self._install_signal_handlers()
+        try:
+            return self._run_locked(run_dir)
+        except Exception as err:
+            if getattr(err, "run_dir", None) is None:
+                try:
+                    err.run_dir = run_dir  # for the command line's one-line report
+                except AttributeError:  # pragma: no cover - an exception type without a __dict__
+                    pass
+            raise
+        finally:
+            self._restore_signal_handlers(previous)
+            lock.release()
+
+    def _run_locked(self, run_dir: Path) -> RunResult:
+        ckpt = self._open_run(run_dir)
         r = self._build(run_dir)
         self._write_config(r)
         self._start(r, ckpt)
         self._announce(r)
+        if ckpt is None or _norm(ckpt.meta["train"]) != _norm(self.cfg.resolved()):
+            # a fresh run can be resumed from its first step on; a resume that changed --epochs (or another
+            # allowed option) records it, so the next --resume continues with it and config.json agrees
+            self._checkpoint(r, ("last",))
+        self._check_stop(r)
         while r.epoch < self.cfg.epochs:
             self._train_epoch(r)
-            self._end_epoch(r)
-        return self._finish(r)
+            try:
+                self._end_epoch(r)
+            except EvaluationStopped:
+                self._check_stop(r)
+                raise
+            self._check_stop(r)
+        try:
+            return self._finish(r)
+        except EvaluationStopped:
+            self._check_stop(r)
+            raise
 
-    def _open_run(self) -> tuple[Any, Path]:
-        """(checkpoint to resume or None, run folder): a resumed run keeps its folder and must match its config."""
+    def _target_dir(self) -> Path:
+        """The run folder: the resumed run's, or out_dir/run_name (default MODEL-DATASET-TIMESTAMP)."""
         if self.resume is None:
-            return None, self._new_run_dir()
+            return self._new_run_dir()
+        path = Path(self.resume)
+        if not path.exists():
+            raise FileNotFoundError(f"--resume {path}: no such run folder or checkpoint")
+        return path if path.is_dir() else path.parent.parent
+
+    def _open_run(self, run_dir: Path) -> Any:
+        """The checkpoint to resume (or None), holding the folder's lock: a new run needs an empty folder; a
+        resumed run must match its checkpoint's config and config.json. Stale temporaries are removed."""
+        if self.resume is None:
+            files = [f for f in contents(run_dir) if not f.endswith(".tmp")]
+            if files:
+                if (run_dir / "checkpoints" / "last.safetensors").exists():
+                    raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or "
+                                          f"choose another --run-name")
+                raise FileExistsError(f"{run_dir} is not empty ({', '.join(files[:4])}"
+                                      f"{', ...' if len(files) > 4 else ''}) but holds no checkpoints/"
+                                      f"last.safetensors to resume; choose another --run-name or --out-dir (or move "
+                                      f"the folder away)")
+        removed = clean_stale_temporaries(run_dir)
+        if removed:
+            self.log(f"removed {len(removed)} temporary file(s) an interrupted write left: "
+                     f"{', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
+        if self.resume is None:
+            return None
         ckpt = load_checkpoint(self.resume)
         self._check_resume_config(ckpt.meta["train"])
-        return ckpt, ckpt.path.parent.parent
+        self._check_config_json(run_dir, ckpt.meta["train"])
+        return ckpt
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # pragma: no cover - not allowed here
+                pass
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:  # the second one: stop now
+            raise TrainingInterrupted(signum, self._run_dir or Path("."), self._saved_step, saved=False)
+        self._signal = signum
+        self.log(f"{signal.Signals(signum).name}: stopping after the current step to save a checkpoint (send it "
+                 f"again to stop at once without saving)")
+
+    def _stop_requested(self) -> bool:
+        return self._signal is not None
+
+    def _check_stop(self, r: "_Run") -> None:
+        """After a signal: save 'last' at the current position (unless it is already there) and stop."""
+        if self._signal is None:
+            return
+        if r.saved_at != (r.epoch, r.step_in_epoch, r.global_step):
+            self._checkpoint(r, ("last",))
+        raise TrainingInterrupted(self._signal, r.run_dir, r.global_step, saved=True)
 
     def _build(self, run_dir: Path) -> "_Run":
         """The backend, the data (test split checked up front), the model and the schedule of a run."""
@@ -204,9 +367,11 @@ class Trainer:
         """The run folder and its config.json (the resolved settings, the backend and why it was chosen)."""
         r.run_dir.mkdir(parents=True, exist_ok=True)
         (r.run_dir / "checkpoints").mkdir(exist_ok=True)
+        r.threads = _threads(r.backend)
         resolved = {**self.cfg.resolved(), "resolved_backend": r.backend.name, "backend_reason": r.why,
-                    "model_config": r.model.config, "num_params": r.model.num_params(), "resize": r.resize,
-                    "train_images": len(r.train), "val_images": len(r.val), "data_source": r.train.source}
+                    "threads": r.threads, "model_config": r.model.config, "num_params": r.model.num_params(),
+                    "resize": r.resize, "train_images": len(r.train), "val_images": len(r.val),
+                    "data_source": r.train.source}
         atomic_write_text(r.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
 
     def _start(self, r: "_Run", ckpt: Any) -> None:
@@ -220,6 +385,8 @@ class Trainer:
         r.epoch, r.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
         r.global_step = int(meta["global_step"])
         r.history, r.best, r.sums = list(meta["history"]), dict(meta["best"]), dict(meta["sums"])
+        r.saved_at = (r.epoch, r.step_in_epoch, r.global_step)
+        self._saved_step = r.global_step
         r.files.truncate_after(r.global_step)
         self.log(f"resuming {r.run_dir} at epoch {r.epoch + 1}, step {r.global_step}")
 
@@ -234,7 +401,7 @@ class Trainer:
         r.eval_logits = self._eval_fn(model, backend)
         r.eval_bs = cfg.eval_batch_size or cfg.batch_size
         r.meta_base = {"model": model.config, "train": cfg.resolved(), "backend": backend.name, "resize": r.resize,
-                       "dataset": {"name": cfg.dataset, "train": len(r.train), "val": len(r.val)}}
+                       "threads": r.threads, "dataset": {"name": cfg.dataset, "train": len(r.train), "val": len(r.val)}}
         self._print_header()
         for row in r.history:  # a resumed run shows its earlier epochs first
             self._print_row(row)
@@ -254,10 +421,13 @@ class Trainer:
             r.step_in_epoch = k + 1
             if (cfg.checkpoint_every and r.global_step % cfg.checkpoint_every == 0
                     and r.step_in_epoch < r.steps_per_epoch):
-                self._save(r.run_dir / "checkpoints" / "last.safetensors", r.backend, r.params, r.state, r.opt_state,
-                           self._meta(r, r.epoch, r.step_in_epoch))
+                self._checkpoint(r, ("last",))
             if self.step_callback is not None:
                 self.step_callback(r.global_step)
+            if self._signal is not None:
+                if bar is not None:
+                    bar.close()
+                self._check_stop(r)
         if bar is not None:
             bar.close()
 
@@ -275,12 +445,20 @@ class Trainer:
         y = backend.asarray(r.train.labels[index], r.label_dtype)
         key = backend.make_rng(step_seed(cfg.seed, r.global_step, 0)) if model.train_rng_draws else None
         scale = lr_scale(cfg.schedule, r.global_step, r.total_steps, r.warmup_steps)
-        r.params, r.state, r.opt_state, loss, logits, gnorm = r.step_fn(r.params, r.state, r.opt_state, x, y, key,
-                                                                        scale)
+        try:
+            r.params, r.state, r.opt_state, loss, logits, gnorm = r.step_fn(r.params, r.state, r.opt_state, x, y,
+                                                                            key, scale)
+        except (ValueError, ArithmeticError) as err:
+            # a layer refusing non-finite inputs: the parameters diverged, the data did not
+            bad = self._non_finite(to_host(r.params, backend.to_numpy), "params")
+            if bad is not None:
+                raise self._diverged(r, r.global_step, bad) from err
+            raise
         loss_f = _float(backend, loss)
-        if not math.isfinite(loss_f):
-            raise FloatingPointError(f"the training loss became {loss_f} at step {r.global_step + 1}; lower "
-                                     f"the learning rate (lr={cfg.lr}) or check the data")
+        gnorm_f = None if gnorm is None else _float(backend, gnorm)
+        if not math.isfinite(loss_f) or (gnorm_f is not None and not math.isfinite(gnorm_f)):
+            what = f"loss={loss_f}" + ("" if gnorm_f is None else f", gradient norm={gnorm_f}")
+            raise self._diverged(r, r.global_step + 1, what)
         correct = topk_correct(np.asarray(backend.to_numpy(logits)), r.train.labels[index])
         dt = time.perf_counter() - t0
         r.global_step += 1
@@ -290,32 +468,36 @@ class Trainer:
             r.sums[name] += value
         r.last_loss = loss_f
         r.files.step({"step": r.global_step, "epoch": r.epoch, "loss": loss_f, "top1": correct[1] / n,
-                      "lr": cfg.lr * scale, "grad_norm": None if gnorm is None else _float(backend, gnorm),
+                      "lr": cfg.lr * scale, "grad_norm": gnorm_f,
                       "images_per_second": n / dt if dt > 0 else None})
 
     def _end_epoch(self, r: "_Run") -> None:
-        """Validate, record the epoch, checkpoint ('best' when validation top-1 improved, always 'last'), plot."""
+        """Validate, record the epoch, checkpoint ('last', then 'best' when validation top-1 improved), plot."""
         cfg, sums = self.cfg, r.sums
+        tensors = self._host_tensors(r)  # checked finite before validation uses the parameters
         val = evaluate(r.model, r.params, r.state, r.val, batch_size=r.eval_bs, resize=r.resize,
-                       logits_fn=r.eval_logits, progress=cfg.progress, desc="validation")
+                       logits_fn=r.eval_logits, progress=cfg.progress, desc="validation",
+                       should_stop=self._stop_requested)
         row = {"epoch": r.epoch, "step": r.global_step, "train_loss": sums["loss"] / sums["n"],
                "train_top1": sums["top1"] / sums["n"], "train_top5": sums["top5"] / sums["n"],
                "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                "lr": cfg.lr * lr_scale(cfg.schedule, max(0, r.global_step - 1), r.total_steps, r.warmup_steps),
                "epoch_seconds": time.perf_counter() - r.t_epoch,
                "images_per_second": sums["n"] / max(sums["seconds"], 1e-9)}
-        r.history.append(row)
         self._print_row(row)
         improved = not r.best or row["val_top1"] > r.best["val_top1"]
+        history, best, position = list(r.history), dict(r.best), (r.epoch, r.step_in_epoch, r.sums)
+        r.history.append(row)
         if improved:
             r.best = {"epoch": r.epoch, "step": r.global_step, "val_top1": row["val_top1"],
                       "val_top5": row["val_top5"], "val_loss": row["val_loss"]}
         r.epoch, r.step_in_epoch, r.sums = r.epoch + 1, 0, _empty_sums()
-        meta = self._meta(r, r.epoch, 0)
-        folder = r.run_dir / "checkpoints"
-        if improved:
-            self._save(folder / "best.safetensors", r.backend, r.params, r.state, r.opt_state, meta)
-        self._save(folder / "last.safetensors", r.backend, r.params, r.state, r.opt_state, meta)
+        try:
+            # 'last' first: a failure leaves both files as they were (write_checkpoints is all-or-nothing)
+            self._checkpoint(r, ("last", "best") if improved else ("last",), tensors)
+        except BaseException:
+            r.history, r.best, (r.epoch, r.step_in_epoch, r.sums) = history, best, position
+            raise
         r.files.epochs(r.history)
         plot_curves(r.run_dir / "curves.png", r.history, r.files.read_steps(),
                     f"{r.model.name} {_opts(cfg.model_options)} on {cfg.dataset} ({r.backend.name})")
@@ -350,11 +532,7 @@ class Trainer:
         cfg = self.cfg
         base = Path(cfg.out_dir)
         name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = base / name
-        if (run_dir / "checkpoints" / "last.safetensors").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or choose "
-                                  f"another --run-name")
-        return run_dir
+        return base / name
 
     def _restore(self, ckpt: Any, model: Any, opt: Any) -> tuple[Any, Any, Any]:
         backend = model.backend
@@ -368,8 +546,50 @@ class Trainer:
                              f"{ckpt.meta.get('backend')!r}; resume on that backend)") from err
         return params, state, opt_state
 
-    def _save(self, path: Path, backend: Any, params: Any, state: Any, opt_state: Any, meta: dict) -> None:
-        save_checkpoint(path, params=params, state=state, opt_state=opt_state, meta=meta, to_numpy=backend.to_numpy)
+    def _host_tensors(self, r: "_Run") -> dict[str, np.ndarray]:
+        """The checkpoint tensors on the host; TrainingDiverged when any is NaN or inf."""
+        tensors = host_tensors(r.params, r.state, r.opt_state, r.backend.to_numpy)
+        bad = self._non_finite(tensors)
+        if bad is not None:
+            raise self._diverged(r, r.global_step, bad)
+        return tensors
+
+    @staticmethod
+    def _non_finite(tensors: dict[str, np.ndarray], prefix: str = "") -> Optional[str]:
+        """'parameter NAME became VALUE' for the first non-finite tensor, else None."""
+        try:
+            check_finite({f"{prefix}.{k}" if prefix else k: v for k, v in tensors.items()})
+        except NonFiniteTensor as err:
+            kind = {"params": "parameter", "state": "model state", "opt": "optimizer state"}[err.name.split(".")[0]]
+            return f"{kind} {err.name} became {err.value}"
+        return None
+
+    def _diverged(self, r: "_Run", step: int, what: str) -> TrainingDiverged:
+        last = r.run_dir / "checkpoints" / "last.safetensors"
+        kept = (f"the last good checkpoint is kept: {last} (step {r.saved_at[2]})" if r.saved_at is not None
+                else "no checkpoint was saved before it")
+        return TrainingDiverged(f"training diverged at step {step} ({what}); {kept}. Lower the learning rate "
+                                f"(lr={self.cfg.lr}), clip the gradients (--clip-grad-norm, now "
+                                f"{self.cfg.clip_grad_norm}) or check the data, then start a new run")
+
+    def _checkpoint(self, r: "_Run", names: tuple[str, ...], tensors: Optional[dict[str, np.ndarray]] = None) -> None:
+        """Save the run's current position to checkpoints/NAME.safetensors for each name, in order, all or nothing.
+
+        Non-finite tensors raise TrainingDiverged (a good checkpoint is never replaced by a diverged one); a failed
+        write raises CheckpointWriteError, leaving every previous file intact.
+        """
+        if tensors is None:
+            tensors = self._host_tensors(r)
+        data = checkpoint_bytes(tensors, self._meta(r, r.epoch, r.step_in_epoch))
+        folder = r.run_dir / "checkpoints"
+        try:
+            write_checkpoints([folder / f"{name}.safetensors" for name in names], data)
+        except CheckpointWriteError as err:
+            raise CheckpointWriteError(err.errno, f"{err}; fix that, then continue with: convnn train --resume "
+                                                  f"{r.run_dir}") from err
+        if "last" in names:
+            r.saved_at = (r.epoch, r.step_in_epoch, r.global_step)
+            self._saved_step = r.global_step
 
     def _step_fn(self, model: Any, backend: Any, opt: Any, scheduled: bool) -> Callable[..., Any]:
         clip = self.cfg.clip_grad_norm
@@ -412,7 +632,7 @@ class Trainer:
         params = restore_tree(ckpt.groups["params"], model.param_specs(), backend, model.dtype, "params")
         state = restore_tree(ckpt.groups["state"], model.state_specs(), backend, model.dtype, "state")
         metrics = evaluate(model, params, state, test, batch_size=batch_size, resize=resize, logits_fn=eval_logits,
-                           progress=cfg.progress, desc="test")
+                           progress=cfg.progress, desc="test", should_stop=self._stop_requested)
         result = {**metrics, "epoch": ckpt.meta["best"]["epoch"], "split": "test"}
         atomic_write_text(run_dir / "test.json", json.dumps(result, indent=2) + "\n")
         return result
@@ -472,8 +692,17 @@ def _norm(value: Any) -> Any:
     return value
 
 
+def _threads(backend: Any) -> dict[str, Any]:
+    """The thread counts a run computes with: the backend's (numba: its pool, torch: intra-op), the environment
+    variables that set them, and the CPU count."""
+    count = getattr(backend, "threads", None)
+    return {"backend": int(count) if isinstance(count, (int, np.integer)) else None, "cpu_count": os.cpu_count(),
+            "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
+
+
 def _opts(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
 
 
-__all__ = ["RunResult", "Trainer", "DatasetNotFound", "restore_tree", "set_seed"]
+__all__ = ["RunResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "DatasetNotFound", "restore_tree",
+           "set_seed"]
