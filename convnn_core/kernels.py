@@ -175,6 +175,12 @@ class KernelsBase:
 
         return self.xp.zeros(shape, dtype=like.dtype, device=device(like))
 
+    def pad(self, x: Any, p: int) -> Any:
+        """Zero-pad every spatial axis of [B, C, *S] by p (backends override with their one-copy pad)."""
+        from . import layout
+
+        return layout.pad(self.xp, x, p, lambda shape: self.zeros(shape, x))
+
     def stage(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """How the pipeline's array part runs: fn(plan, *arrays) as it is (jax overrides: jit, plan static)."""
         return fn

@@ -380,7 +380,7 @@ def compute_nd(plan: MapPlan, x: Any, weight: Any, bias: Optional[Any], cand: An
     s, p = cfg.shuffle_scale, cfg.padding
     x = layout.unshuffle(xp, x, s)
     padded_shape = tuple(n + 2 * p for n in plan.spatial)
-    xpad = layout.pad(xp, x, p, lambda shape: kernels.zeros(shape, x))
+    xpad = kernels.pad(x, p)
     tokens = layout.to_tokens(xp, xpad)
     b, n_tokens, _ = tokens.shape
     grid = plan.grid

@@ -174,6 +174,9 @@ class JaxKernels(KernelsBase):
     def constant(self, host: np.ndarray, like: Any) -> jnp.ndarray:
         return jnp.asarray(np.asarray(host).astype(like.dtype))
 
+    def pad(self, x: Any, p: int) -> jnp.ndarray:
+        return x if p == 0 else jnp.pad(x, ((0, 0), (0, 0)) + ((p, p),) * (x.ndim - 2))
+
     def zeros(self, shape: tuple[int, ...], like: Any) -> jnp.ndarray:
         return jnp.zeros(shape, dtype=like.dtype)
 

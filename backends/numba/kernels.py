@@ -61,6 +61,9 @@ class NumbaKernels(KernelsBase):
     def zeros(self, shape: tuple[int, ...], like: Any) -> np.ndarray:
         return np.zeros(shape, dtype=np.asarray(getval(like)).dtype)
 
+    def pad(self, x: Any, p: int) -> Any:
+        return x if p == 0 else anp.pad(x, ((0, 0), (0, 0)) + ((p, p),) * (len(x.shape) - 2), "constant")
+
     def stage(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(plan: Any, *arrays: Any) -> Any:
             threads.configure(self.threads)

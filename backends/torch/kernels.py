@@ -113,6 +113,9 @@ class TorchKernels(KernelsBase):
     def constant(self, host: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(host, dtype=like.dtype, device=like.device)
 
+    def pad(self, x: torch.Tensor, p: int) -> torch.Tensor:
+        return x if p == 0 else F.pad(x, (p, p) * (x.ndim - 2))
+
     def zeros(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
