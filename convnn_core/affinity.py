@@ -8,7 +8,8 @@ EPS_NORM = 1e-12
 
 
 def _norms(xp: Any, f: Any) -> Any:
-    return xp.maximum(xp.sqrt(xp.sum(f * f, axis=-1)), xp.asarray(EPS_NORM, dtype=f.dtype))
+    """max(||f||, 1e-12), written as sqrt(max(||f||^2, 1e-24)) so a zero vector has a zero, not NaN, gradient."""
+    return xp.sqrt(xp.maximum(xp.sum(f * f, axis=-1), xp.asarray(EPS_NORM * EPS_NORM, dtype=f.dtype)))
 
 
 def affinity_matrix(xp: Any, metric: str, q: Any, k: Any) -> Any:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ._xp import shape_str, take_rows
+from ._xp import shape_str
 
 
 def check_taps(taps: str, weight: Any, bias: Optional[Any], channels: int, k: int, field: str = "weight") -> int:
@@ -38,13 +38,3 @@ def apply_taps(xp: Any, taps: str, gathered: Any, weight: Any, bias: Optional[An
     if bias is not None:
         y = y + bias
     return y
-
-
-def aggregate(
-    xp: Any, taps: str, values: Any, idx: Any, rho: Optional[Any], weight: Any, bias: Optional[Any]
-) -> Any:
-    """y [B, Nq, O] = taps applied to rho-weighted values [B, N, C] gathered at idx [B, Nq, K]."""
-    gathered = take_rows(xp, values, idx)
-    if rho is not None:
-        gathered = gathered * rho[..., None]
-    return apply_taps(xp, taps, gathered, weight, bias)

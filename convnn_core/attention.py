@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from . import pipeline
-from ._xp import check_finite, device, namespace, take_rows
+from ._xp import check_finite, device, namespace
 from .candidates import RngLike, make_rng
 from .config import ConvNNConfig
 from .spec_kernels import SpecKernels
@@ -77,17 +77,6 @@ def convnn_attention(
     kernels = SpecKernels(namespace(x, *arrays))
     return pipeline.convnn_attention(kernels, x, params, cfg, heads=heads, dropout=dropout, candidates=candidates,
                                      rng=rng, train=train)
-
-
-def aggregate_heads(xp: Any, vh: Any, idx: Any, rho: Optional[Any], heads: int) -> Any:
-    """The rho-weighted gathered values of every head laid out as [B, N, K, D] (heads concatenated)."""
-    g = take_rows(xp, vh, idx)  # [B*h, N, K, dh]
-    if rho is not None:
-        g = g * rho[..., None]
-    bh, n, k, dh = g.shape
-    g = xp.reshape(g, (bh // heads, heads, n, k, dh))
-    g = xp.permute_dims(g, (0, 2, 3, 1, 4))
-    return xp.reshape(g, (bh // heads, n, k, heads * dh))
 
 
 # ----------------------------------------------------------------------------- baselines

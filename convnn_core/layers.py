@@ -48,8 +48,6 @@ def pixel_shuffle(xp: Any, x: Any, s: int) -> Any:
     return layout.shuffle(xp, x, s)
 
 
-pixel_unshuffle_1d = pixel_unshuffle
-pixel_shuffle_1d = pixel_shuffle
 check_shuffle_channels = layout.check_shuffle_channels
 
 

@@ -105,11 +105,3 @@ def _dev(x: Any) -> Any:
     from ._xp import device
 
     return device(x)
-
-
-def apply_order(xp: Any, cfg: ConvNNConfig, idx: Any, *aligned: Optional[Any]) -> tuple[Any, ...]:
-    """Rank order as selected, or the K slots re-sorted by token index (order='position'); aligned arrays follow."""
-    if cfg.order == "rank":
-        return (idx,) + aligned
-    perm = xp.argsort(idx, axis=-1, stable=True)
-    return (take_last(xp, idx, perm),) + tuple(None if a is None else take_last(xp, a, perm) for a in aligned)

@@ -27,8 +27,9 @@ def block_elements() -> int:
 
 
 def norms(f: torch.Tensor) -> torch.Tensor:
-    """max(||f||, 1e-12) over the last axis, the cosine denominator of SPEC.md."""
-    return torch.clamp(torch.sqrt(torch.sum(f * f, dim=-1)), min=EPS_NORM)
+    """max(||f||, 1e-12) over the last axis, the cosine denominator of SPEC.md (clamped before the sqrt, so a
+    zero vector has a zero, not NaN, gradient)."""
+    return torch.sqrt(torch.clamp(torch.sum(f * f, dim=-1), min=EPS_NORM * EPS_NORM))
 
 
 def affinity_block(metric: str, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
