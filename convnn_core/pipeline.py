@@ -111,18 +111,18 @@ def resolve_candidates(kernels: Any, cfg: ConvNNConfig, n_tokens: int, queries: 
         raw = kernels.unwrap(candidates) if hasattr(kernels, "unwrap") else candidates
         if is_traced(raw):
             _check_index_shape(raw, batch)
-            _check_count(cfg, static_size(raw.shape[-1]), None, queries)
+            _check_count(cfg.k, cfg.self_first, static_size(raw.shape[-1]), None, queries)
             return CandidatePlan("unsorted", static_size(raw.shape[-1])), kernels.index_array(raw)
         host = validate_host_candidates(raw, n_tokens, batch)
     elif cfg.sampling == "all" or cfg.num_samples >= n_tokens:
-        _check_count(cfg, n_tokens, np.arange(n_tokens), queries)
+        _check_count(cfg.k, cfg.self_first, n_tokens, None, queries)  # every query is a candidate
         return CandidatePlan(), None
     elif cfg.sampling == "random":
         if rng is None:
             raise ValueError("ConvNNConfig.sampling='random' needs explicit candidates= or an rng= (an int seed, "
                              "a numpy Generator or the backend's own key); none was given")
         if kernels_native_rng(kernels, rng):
-            _check_count(cfg, cfg.num_samples, None, queries)
+            _check_count(cfg.k, cfg.self_first, cfg.num_samples, None, queries)
             return CandidatePlan("draw", cfg.num_samples), rng
         host = draw_random(n_tokens, cfg.num_samples, make_rng(rng))
     elif spatial is not None and len(spatial) == 2:
@@ -133,7 +133,7 @@ def resolve_candidates(kernels: Any, cfg: ConvNNConfig, n_tokens: int, queries: 
         host = _spatial_line(n_tokens, 0, cfg.num_samples)
     else:
         raise ValueError(f"ConvNNConfig.sampling='spatial' is defined for 1-D and 2-D inputs, not {len(spatial)}-D")
-    _check_count(cfg, int(host.shape[-1]), host, queries)
+    _check_count(cfg.k, cfg.self_first, int(host.shape[-1]), host, queries)
     return CandidatePlan("array", int(host.shape[-1])), kernels.index_array(host)
 
 
@@ -186,12 +186,13 @@ def _to_host(values: Any) -> np.ndarray:
 
 
 @host_constant
-def _check_count(cfg: ConvNNConfig, n_cand: int, host: Optional[np.ndarray], queries: np.ndarray) -> None:
-    """The spec's k-against-candidates rule; unknown (traced or drawn) candidates count the query as one."""
+def _check_count(k: int, self_first: bool, n_cand: int, host: Optional[np.ndarray], queries: np.ndarray) -> None:
+    """The spec's k-against-candidates rule; unknown (traced or drawn) candidates and all tokens count the query
+    as one. Plain ints and host arrays only: torch.compile folds this call, and torch 2.11 cannot pass it a config."""
     is_self = None
-    if cfg.self_first:
+    if self_first:
         is_self = np.ones(1, dtype=bool) if host is None else np.asarray([bool(np.isin(queries, host).any())])
-    check_candidate_count(np, cfg, is_self, n_cand)
+    check_candidate_count(np, k, self_first, is_self, n_cand)
 
 
 def prepare_candidates(kernels: Any, plan: CandidatePlan, cand: Any, n_tokens: int) -> Any:

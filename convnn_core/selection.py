@@ -19,9 +19,12 @@ def _broadcast_candidates(xp: Any, cand: Optional[Any], batch: int, n_tokens: in
     return cand
 
 
-def check_candidate_count(xp: Any, cfg: ConvNNConfig, is_self: Optional[Any], n_cand: int) -> None:
-    """Raise ValueError when fewer candidates exist than the K (or K-1 besides self) slots to fill."""
-    needed = cfg.k - 1 if cfg.self_first else cfg.k
+def check_candidate_count(xp: Any, k: int, self_first: bool, is_self: Optional[Any], n_cand: int) -> None:
+    """Raise ValueError when fewer candidates exist than the K (or K-1 besides self) slots to fill.
+
+    Plain k and self_first (not the config): the check also runs inside a torch.compile trace, where
+    some torch versions cannot hand a frozen dataclass to a constant-folded call."""
+    needed = k - 1 if self_first else k
     available = n_cand
     if is_self is not None and n_cand > 0:
         if is_traced(is_self):
@@ -29,9 +32,9 @@ def check_candidate_count(xp: Any, cfg: ConvNNConfig, is_self: Optional[Any], n_
         elif bool(xp.any(is_self)):
             available = n_cand - 1
     if available < needed:
-        what = "other candidates besides the query itself" if cfg.self_first else "candidates"
+        what = "other candidates besides the query itself" if self_first else "candidates"
         raise ValueError(
-            f"ConvNNConfig.k={cfg.k} needs {needed} {what}, but only {available} are available "
+            f"ConvNNConfig.k={k} needs {needed} {what}, but only {available} are available "
             f"(candidate count {n_cand}); lower k or use more candidates"
         )
 
@@ -69,7 +72,7 @@ def select_ranked(
         if queries is None:
             raise ValueError("self_first=True needs the queries' token indices")
         is_self = cand[:, None, :] == queries[None, :, None]
-    check_candidate_count(xp, cfg, is_self, n_cand)
+    check_candidate_count(xp, cfg.k, cfg.self_first, is_self, n_cand)
     slots = cfg.k - 1 if cfg.self_first else cfg.k
     key = -aff
     if is_self is not None:

@@ -4,7 +4,7 @@ Reports, from one process on one GPU: the fused ConvNN layer against the authors
 eager (dense N x N cosine with the diagonal forced, topk, expand-and-gather copy, crop, Conv1d) and
 torch conv2d 3x3 at the VGG-11 32x32 layer (B = 128, C 64 -> 64, K = 9); ConvNN attention against
 scaled_dot_product_attention at N = 197, d = 192; medians of CUDA-event timings after warm-up, peak
-memory, and the share of the roofline floor (H100 SXM ceilings). Writes gpu_bench.json and .md.
+memory, and the share of the roofline floor (H100/H200 SXM ceilings). Writes gpu_bench.json and .md.
 """
 from __future__ import annotations
 
@@ -18,9 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# H100 SXM5 ceilings (research/ANCHORS.md section 4.1)
+# Hopper SXM ceilings: the H100 and H200 share the compute (dense, no sparsity); the H200's HBM3e is faster.
 PEAK_FLOPS = {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 66.9e12}  # float32 kernels use IEEE FMA
-HBM_BYTES_PER_S = 3.35e12
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
+
+
+def hbm_bytes_per_s() -> float:
+    """The memory ceiling of the visible GPU (H200 when its name says so, else the H100 figure)."""
+    return HBM_BYTES_PER_S["H200" if "H200" in torch.cuda.get_device_name(0) else "H100"]
 
 
 def cuda_time(fn: Callable[[], object], reps: int = 50, warmup: int = 10) -> tuple[float, float]:
@@ -58,7 +63,7 @@ def reference_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k
 
 def floor_us(flops: float, bytes_moved: float, dtype: str) -> float:
     """max(FLOP-bound, minimal-IO-bound) in microseconds."""
-    return 1e6 * max(flops / PEAK_FLOPS[dtype], bytes_moved / HBM_BYTES_PER_S)
+    return 1e6 * max(flops / PEAK_FLOPS[dtype], bytes_moved / hbm_bytes_per_s())
 
 
 def bench_layer(dtype_name: str, results: dict) -> None:

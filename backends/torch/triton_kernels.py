@@ -83,7 +83,7 @@ if AVAILABLE:
         v_ptr, w_ptr, bias_ptr, y_ptr,
         NQ, S, F, NV, C, O, scale,
         CAND_BATCHED: tl.constexpr, HAS_CAND: tl.constexpr, SELF_FIRST: tl.constexpr, METRIC: tl.constexpr,
-        SLOTS: tl.constexpr, KP: tl.constexpr, AGGREGATE: tl.constexpr, FULL: tl.constexpr,
+        SLOTS: tl.constexpr, KOUT: tl.constexpr, KP: tl.constexpr, AGGREGATE: tl.constexpr, FULL: tl.constexpr,
         HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
     ):
@@ -147,14 +147,13 @@ if AVAILABLE:
                 keys = tl.where(keys == best[:, None], MIN, keys)
         # rank order: extract the largest remaining key SLOTS times
         cur = tl.where(slot[None, :] < SLOTS, cur, MIN)
-        first = 1 if SELF_FIRST else 0
-        out_base = b.to(tl.int64) * NQ * (SLOTS + first) + offs_m.to(tl.int64) * (SLOTS + first)
+        out_base = b.to(tl.int64) * NQ * KOUT + offs_m.to(tl.int64) * KOUT
         if AGGREGATE:
             offs_o = tl.arange(0, BO)
             o_ok = offs_o < O
             acc = tl.zeros((BM, BO), dtype=tl.float32)
             v_base = v_ptr + b.to(tl.int64) * NV * C
-        for r in tl.static_range(SLOTS + first):
+        for r in tl.static_range(KOUT):  # KOUT = SLOTS + the self slot
             if SELF_FIRST and r == 0:
                 tok = qids
                 tl.store(idx_ptr + out_base + r, tok, mask=m_ok)
@@ -350,7 +349,7 @@ def _run_select(query_feats, key_feats, queries, cand, k, metric, self_first, va
         q, kf, cand_t, qids, idx, aff, v, w, bias_t, y,
         nq, s, f, nv, c, o, 1.0 / (f ** 0.5),
         CAND_BATCHED=cand is not None and cand.ndim == 2, HAS_CAND=cand is not None, SELF_FIRST=self_first,
-        METRIC=_METRICS[metric], SLOTS=slots, KP=max(2, _pow2(max(slots, 1), 2)), AGGREGATE=aggregate,
+        METRIC=_METRICS[metric], SLOTS=slots, KOUT=k, KP=max(2, _pow2(max(slots, 1), 2)), AGGREGATE=aggregate,
         FULL=taps == "full", HAS_BIAS=bias is not None, IEEE=_ieee(q),
         BM=bm, BN=bn, BF=bf, BC=bc, BO=bo,
     )
