@@ -1,4 +1,4 @@
-"""`convnn bench layer | model | sweep`: argument parsing; each writes JSON, Markdown and PNG into --out."""
+"""`convnn bench layer | model | sweep | readme`: argument parsing; each writes its reports into --out."""
 from __future__ import annotations
 
 import argparse
@@ -114,9 +114,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return _finish(report, options.out)
 
 
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from .readme import default_figures_path, run
+
+    _stop_on_sigterm()
+    if args.runs < 1:
+        print(f"convnn bench readme: error: --runs={args.runs} must be at least 1 (3 or more for a spread)",
+              file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"convnn bench readme: error: --threads={args.threads} must be at least 1", file=sys.stderr)
+        return 2
+    readme = None if args.no_readme else Path(args.readme)
+    if readme is not None and not readme.exists():
+        print(f"convnn bench readme: error: --readme {readme} does not exist (or pass --no-readme)", file=sys.stderr)
+        return 2
+    figures = None if args.no_figures else Path(args.figures) if args.figures else default_figures_path()
+    return run(args.runs, args.threads, Path(args.out), readme, figures, backends=args.backends, quick=args.quick)
+
+
 def _no_subcommand(bench: argparse.ArgumentParser) -> int:
     bench.print_help()
-    print("convnn bench: error: choose what to benchmark: layer, model or sweep; see convnn bench --help",
+    print("convnn bench: error: choose what to benchmark: layer, model, sweep or readme; see convnn bench --help",
           file=sys.stderr)
     return 2
 
@@ -132,6 +151,23 @@ def register(subparsers: Any) -> None:
         ("model", "training and inference images/s and peak memory of VGG-11 and ViT models per backend", _cmd_model),
         ("sweep", "time as N, K, C and the candidate count grow (all vs random sampling), with plots", _cmd_sweep),
     ]
+    readme = sub.add_parser(
+        "readme", help="the README's CPU speed tables: layer and model benchmarks over several runs, min/median/max",
+        description="Runs the layer and the model benchmark --runs times (separate processes) and writes "
+                    "min / median / max of each figure to OUT/cpu-speed.{md,json}, into the README between its "
+                    "speed-table markers, and into the figures the auto backend policy ranks by "
+                    "(convnn/cpu_figures.json). About 5 minutes a run on a 2-core machine.")
+    readme.add_argument("--runs", type=int, default=3, help="separate runs of each benchmark (default 3)")
+    readme.add_argument("--threads", type=int, default=2, help="CPU threads for every library (default 2)")
+    readme.add_argument("--backends", default="numba,torch,jax", help="backends to measure (default numba,torch,jax)")
+    readme.add_argument("--out", default="results", help="folder for cpu-speed.md and .json (default results)")
+    readme.add_argument("--readme", default="README.md", help="the README to rewrite (default README.md)")
+    readme.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    readme.add_argument("--figures", default=None,
+                        help="where to write the auto policy's figures (default: the package's cpu_figures.json)")
+    readme.add_argument("--no-figures", action="store_true", help="leave the auto policy's figures alone")
+    readme.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke run of the whole chain")
+    readme.set_defaults(func=_cmd_readme)
     for name, help_text, func in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _add_common(p)

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
+from . import speed_figures
 from .kernels import PathChoice, PathRequest
 
 ENTRY_POINT_GROUP = "convnn.backends"
@@ -62,14 +63,21 @@ class BackendPlugin:
 
 
 # ----------------------------------------------------------------------------- the one auto policy
-# Which installed backend `auto` takes, by purpose, on a machine without a CUDA GPU. The figures that
-# decided each order come from the shipped benchmarks (README "Benchmarks", 2-core CPU, batch 32).
-CPU_POLICY: dict[str, tuple[tuple[str, ...], str]] = {
-    "op": (("numba", "torch", "jax", "numpy"),
-           "layer benchmark, VGG 32x32 C64 feature/all forward: numba 101 ms, torch 185 ms, jax 207 ms"),
-    "train": (("torch", "jax", "numba", "numpy"),
-              "model benchmark, vgg11 convnn training: torch 61 img/s, jax 34 img/s, numba 17 img/s"),
+# Which installed backend `auto` takes, by purpose, on a machine without a CUDA GPU: the ranking of the shipped
+# benchmark figures (convnn/cpu_figures.json, written with the README's tables by `convnn bench readme`).
+# Without shipped figures this static order decides.
+STATIC_CPU_POLICY: dict[str, tuple[tuple[str, ...], str]] = {
+    "op": (("numba", "torch", "jax", "numpy"), "static order (no shipped benchmark figures)"),
+    "train": (("torch", "jax", "numba", "numpy"), "static order (no shipped benchmark figures)"),
 }
+_FIGURES = speed_figures.load() or {}
+# purpose -> (backend order, the figure that decided it); 'train' ranks by the ConvNN models' figure.
+CPU_POLICY: dict[str, tuple[tuple[str, ...], str]] = {
+    purpose: speed_figures.policy(purpose, fallback, _FIGURES) for purpose, fallback in STATIC_CPU_POLICY.items()}
+# Training a model without ConvNN layers ranks by the plain models' figure (None: as CPU_POLICY['train']).
+PLAIN_TRAIN_POLICY: Optional[tuple[tuple[str, ...], str]] = (
+    speed_figures.policy("train_plain", STATIC_CPU_POLICY["train"], _FIGURES)
+    if _FIGURES.get("train_plain", {}).get("values") else None)
 GPU_POLICY = (("torch", "jax"), "a CUDA GPU is visible: torch runs the fused Triton kernels there")
 PURPOSES = tuple(CPU_POLICY)
 
@@ -202,7 +210,9 @@ class AutoChoice:
 
 
 def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True, probe: bool = True) -> AutoChoice:
-    """The one `auto` policy: torch (then jax) on a visible CUDA GPU, else the CPU order of CPU_POLICY[purpose].
+    """The one `auto` policy: torch (then jax) on a visible CUDA GPU, else the CPU order of CPU_POLICY[purpose]:
+    the shipped benchmark's ranking (convnn/cpu_figures.json; training a model without ConvNN layers ranks by
+    PLAIN_TRAIN_POLICY), or the static order when no figures ship.
 
     For purpose='train' with ConvNN layers a backend that runs them forward only is passed over. With
     probe (the default) each backend is imported before it is chosen: one installed but broken is passed
@@ -217,7 +227,10 @@ def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True, probe: bool =
         order, reason, device = GPU_POLICY[0], GPU_POLICY[1], "cuda"
         order = order + tuple(n for n in CPU_POLICY[purpose][0] if n not in order)
     else:
-        order, reason, device = CPU_POLICY[purpose][0], CPU_POLICY[purpose][1], "cpu"
+        order, reason = CPU_POLICY[purpose]
+        if purpose == "train" and not uses_convnn and PLAIN_TRAIN_POLICY is not None:
+            order, reason = PLAIN_TRAIN_POLICY
+        device = "cpu"
         reason = f"no CUDA GPU ({cuda_why}); {reason}"
     chosen: Optional[str] = None
     for name in list(order) + [n for n in BACKENDS if n not in order]:

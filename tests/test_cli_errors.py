@@ -109,7 +109,7 @@ def test_no_command_and_no_bench_subcommand(capsys):
     assert cli.main([]) == 2
     assert _one_line(capsys, "convnn: error: give a command")
     assert cli.main(["bench"]) == 2
-    assert "layer, model or sweep" in _one_line(capsys, "convnn bench: error:")
+    assert "layer, model, sweep or readme" in _one_line(capsys, "convnn bench: error:")
 
 
 def test_explain_and_conformance_errors_are_one_line(capsys):

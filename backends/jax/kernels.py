@@ -22,7 +22,7 @@ from convnn.candidates import make_rng as host_rng
 from convnn.grid import Grid
 from convnn.kernels import KernelsBase, check_grid
 
-from . import PATH_NAME, nn
+from . import PATH_NAME, cpu_select, nn
 from .arrays import as_key, draw_on_device, index_dtype, is_jax_key, is_tracer, x64_enabled
 from .neighbors import (
     EngineOptions,
@@ -210,6 +210,10 @@ class JaxKernels(KernelsBase):
         b = keys.shape[0]
         keys = lax.stop_gradient(keys)
         q = query_rows(keys, queries) if query_feats is None else lax.stop_gradient(query_feats)
+        if cpu_select.usable(self.device, keys.dtype, grid):
+            c = None if cand is None else jnp.asarray(cand)
+            return cpu_select.select(q, keys, np.asarray(queries), c, heads=heads, metric=metric, k=k,
+                                     self_first=self_first)
         kh, qh = split_heads(keys, heads), split_heads(q, heads)
         qtok = jnp.asarray(queries, dtype=index_dtype())
         cand = head_candidates(None if cand is None else cand.astype(qtok.dtype), heads)

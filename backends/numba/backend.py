@@ -13,9 +13,11 @@ from convnn.vocabulary import ATTENTION_OPS, CONVNN_OPS
 
 from . import threads
 from .kernels import DTYPES, NumbaKernels
+from .vision_ops import NumbaVisionOps
+from .sequence_ops import NumbaSequenceOps
 
 
-class NumbaBackend(PipelineOps, NumpyOps):
+class NumbaBackend(PipelineOps, NumbaSequenceOps, NumbaVisionOps, NumpyOps):
     """ConvNN on numba (forward and backward kernels, autograd primitives) and the rest on autograd NumPy.
 
     Arrays are NumPy arrays; `value_and_grad` is HIPS autograd, so a model trains with no torch or jax.

@@ -75,6 +75,33 @@ def gather_depthwise(values, idx, rho, has_rho, taps, out):
     return out
 
 
+@njit(cache=True)
+def _scatter_tile(dtile, values, idx, rho, has_rho, b, i0, rows, dvalues, drho):
+    """The gather's transpose for one tile: dvalues[b, idx] += rho * dtile rows; drho = <dtile, values> (with rho)."""
+    heads = idx.shape[1]
+    n_slots = idx.shape[3]
+    n_chan = values.shape[2]
+    ch = n_chan // heads
+    for r in range(rows):
+        i = i0 + r
+        for k in range(n_slots):
+            base = k * n_chan
+            for h in range(heads):
+                t = idx[b, h, i, k]
+                c0 = h * ch
+                if has_rho:
+                    w = rho[b, h, i, k]
+                    dr = 0.0
+                    for c in range(c0, c0 + ch):
+                        g = dtile[r, base + c]
+                        dr += g * values[b, t, c]
+                        dvalues[b, t, c] += w * g
+                    drho[b, h, i, k] += dr
+                else:
+                    for c in range(c0, c0 + ch):
+                        dvalues[b, t, c] += dtile[r, base + c]
+
+
 @njit(parallel=True, cache=True)
 def gather_full_grad(dy, values, idx, rho, has_rho, w2t, w2, block_rows, n_split, dvalues, drho, dw2t_parts):
     """Backward of gather_full: accumulate dvalues [B, N, C], drho [B, H, Nq, K] and per-split dw2t.
@@ -83,44 +110,22 @@ def gather_full_grad(dy, values, idx, rho, has_rho, w2t, w2, block_rows, n_split
     its own dw2t_parts[s], so nothing is written by two threads.
     """
     n_batch, heads, n_query, n_slots = idx.shape
-    n_chan = values.shape[2]
-    ch = n_chan // heads
     kc = w2t.shape[0]
-    n_out = w2t.shape[1]
     n_blocks = (n_query + block_rows - 1) // block_rows
     for s in prange(n_split):
         b_start = (s * n_batch) // n_split
         b_stop = ((s + 1) * n_batch) // n_split
         acc = dw2t_parts[s]
+        tile = np.empty((block_rows, kc), dtype=values.dtype)
         for b in range(b_start, b_stop):
             for blk in range(n_blocks):
                 i0 = blk * block_rows
                 rows = min(block_rows, n_query - i0)
-                dyb = np.empty((rows, n_out), dtype=dy.dtype)
-                for r in range(rows):
-                    for o in range(n_out):
-                        dyb[r, o] = dy[b, i0 + r, o]
-                tile = np.empty((rows, kc), dtype=values.dtype)
-                _gather_tile(values, idx, rho, has_rho, b, i0, rows, tile)
-                acc += np.dot(tile.T, dyb)
-                dtile = np.dot(dyb, w2)
-                for r in range(rows):
-                    i = i0 + r
-                    for k in range(n_slots):
-                        base = k * n_chan
-                        for h in range(heads):
-                            t = idx[b, h, i, k]
-                            c0 = h * ch
-                            w = rho[b, h, i, k] if has_rho else 1.0
-                            g_row = dtile[r, base + c0:base + c0 + ch]
-                            v_row = values[b, t, c0:c0 + ch]
-                            dv_row = dvalues[b, t, c0:c0 + ch]
-                            dr = 0.0
-                            for c in range(ch):
-                                dr += g_row[c] * v_row[c]
-                                dv_row[c] += w * g_row[c]
-                            if has_rho:
-                                drho[b, h, i, k] += dr
+                dyb = dy[b, i0:i0 + rows]
+                tb = tile[:rows]
+                _gather_tile(values, idx, rho, has_rho, b, i0, rows, tb)
+                acc += np.dot(tb.T, dyb)
+                _scatter_tile(np.dot(dyb, w2), values, idx, rho, has_rho, b, i0, rows, dvalues, drho)
     return dvalues, drho, dw2t_parts
 
 

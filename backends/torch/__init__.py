@@ -5,14 +5,16 @@
 
 Files: backend.py (TorchBackend, the vocabulary), kernels.py (TorchKernels: what the one pipeline,
 convnn.pipeline, runs on), ops.py (the torch.library custom ops), selection.py / aggregation.py (the
-eager kernels), triton_kernels.py (CUDA), attention.py (baseline attentions), nn.py (layers),
-arrays.py (dtypes, asarray, RNG keys), training.py, modules.py (nn.Module drop-ins).
+eager kernels), cpu_select.py (the CPU selection on the numba kernel), triton_kernels.py (CUDA),
+attention.py (baseline attentions), nn.py (layers), arrays.py (dtypes, asarray, RNG keys), training.py,
+modules.py (nn.Module drop-ins).
 """
 from __future__ import annotations
 
 import importlib.util
 from typing import Any
 
+from convnn.backends import numba
 from convnn.grid import uses_grid
 from convnn.registry import BackendPlugin
 
@@ -21,6 +23,7 @@ FUSED_MAX_K = 64  # the fused kernel's streaming queue (triton_kernels.MAX_K)
 EAGER_PATH = "eager blocked path: chunked GEMM affinities, exact top-K, gather + taps custom op"
 # looked up once (not per call, and never while torch.compile traces a call)
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+NUMBA_SELECT = numba.SELECT_PATH  # the CPU selection's path when numba is installed (cpu_select.py)
 
 
 def load(**options: Any) -> Any:
@@ -59,6 +62,11 @@ def fused_blockers(op: str, cfg: Any, dtype: str, device: str, explicit_candidat
     return why
 
 
+def numba_select_blockers(device: str, dtype: str, uses_grid_distance: bool) -> list[str]:
+    """Why the CPU selection does not run on the numba kernel (empty: it does); torch's own code runs then."""
+    return numba.select_blockers(device, dtype, uses_grid_distance, "CONVNN_TORCH_NO_NUMBA")
+
+
 def describe_path(request: Any, fused: bool = True) -> Any:
     """The path a call takes (PathChoice); fused=False is the backend option that turns the fused kernel off."""
     from convnn.kernels import PathChoice
@@ -66,7 +74,13 @@ def describe_path(request: Any, fused: bool = True) -> Any:
     blockers = [] if fused else ["fused=False was asked for"]
     blockers += fused_blockers(request.op, request.cfg, request.dtype, request.device, request.explicit_candidates)
     if blockers:
-        return PathChoice(EAGER_PATH, (("the fused Triton kernel", "; ".join(blockers)),))
+        grid = request.cfg is not None and request.op in ("convnn2d", "convnn1d") and uses_grid(request.cfg)
+        numba_why = numba_select_blockers(request.device, request.dtype, grid)
+        passed = [("the fused Triton kernel", "; ".join(blockers))]
+        if numba_why:
+            passed.append((NUMBA_SELECT, "; ".join(numba_why)))
+            return PathChoice(EAGER_PATH, tuple(passed))
+        return PathChoice(f"{EAGER_PATH}; {NUMBA_SELECT}", tuple(passed))
     return PathChoice(f"fused Triton kernel: CUDA, {request.dtype}, K <= {FUSED_MAX_K}",
                       (("the eager blocked path", "the fused kernel takes this call"),))
 

@@ -3,7 +3,8 @@
 convnn::select_topk    exact top-K selection (no gradient: indices are piecewise constant)
 convnn::gather_taps    gather + taps with its own backward op convnn::gather_taps_backward
 convnn::fused_convnn   affinities -> streaming top-K -> gather -> taps in one Triton kernel (CUDA)
-On CUDA the Triton kernels run where the shapes allow it; everywhere else the chunked eager code.
+On CUDA the Triton kernels run where the shapes allow it; on the CPU the selection runs on the numba
+streaming top-K kernel when numba is installed (cpu_select.py); everywhere else the chunked eager code.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from . import aggregation, selection
+from . import aggregation, cpu_select, selection
 
 _EMPTY = (0,)
 
@@ -44,6 +45,8 @@ def select_topk(query_feats: torch.Tensor, key_feats: torch.Tensor, queries: Opt
 
         if triton_kernels.select_supported(query_feats, k):
             return triton_kernels.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first)
+    if cpu_select.usable(query_feats, grid):
+        return cpu_select.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first)
     return selection.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first,
                                  selection.grid_of(grid, grid_scale))
 

@@ -1,0 +1,66 @@
+"""The jax backend's CPU selection by the numba streaming top-K kernel, through jax.pure_callback.
+
+On the CPU XLA's top_k sorts each row fully, and that sort is most of the jax forward. When numba is
+installed, a jitted selection on the CPU calls the numba kernel instead. It is the numba backend's own
+kernel, held to the float64 oracle by the conformance suite, and it keeps a K-slot queue per row.
+Indices carry no gradient, so the callback needs no derivative rule. CONVNN_JAX_NO_NUMBA=1 keeps the
+XLA code.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import numba_select_blockers
+from .arrays import index_dtype
+
+
+def usable(device: str, dtype: Any, grid: Any) -> bool:
+    """Whether this call's selection runs on the numba kernel (decided at trace time)."""
+    return not numba_select_blockers(device, jnp.dtype(dtype).name, grid is not None)
+
+
+def _host_select(q: np.ndarray, keys: np.ndarray, rows: np.ndarray, queries: np.ndarray, *, heads: int, metric: str,
+                 k: int, self_first: bool, out_dtype: Any) -> np.ndarray:
+    """idx [B, H, Nq, K] from the numba kernel (runs on the host, outside the traced program)."""
+    from convnn.backends.numba.primitives import select_indices
+
+    q = np.asarray(q)
+    keys = np.asarray(keys, dtype=q.dtype)
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.shape[0] != keys.shape[0]:
+        rows = np.broadcast_to(rows, (keys.shape[0], rows.shape[1]))
+    idx = select_indices(q, np.arange(q.shape[1], dtype=np.int64), keys, rows, np.asarray(queries, np.int64),
+                         heads, metric, k, self_first)
+    return idx.astype(out_dtype, copy=False)
+
+
+def select(q: jnp.ndarray, keys: jnp.ndarray, queries: np.ndarray, cand: Optional[jnp.ndarray], *, heads: int,
+           metric: str, k: int, self_first: bool) -> jnp.ndarray:
+    """idx [B, H, Nq, K] in rank order; q [B, Nq, D] query features, keys [B, N, D], cand None / [S] / [B, S]."""
+    b, nq = q.shape[0], q.shape[1]
+    out = index_dtype()
+    if cand is None:
+        rows = jnp.arange(keys.shape[1], dtype=out)[None]
+    elif cand.ndim == 1:
+        rows = cand.astype(out)[None]
+    else:
+        rows = cand.astype(out)
+    spec = jax.ShapeDtypeStruct((b, heads, nq, k), out)
+
+    def host(qh: np.ndarray, kh: np.ndarray, rh: np.ndarray) -> np.ndarray:
+        return _host_select(qh, kh, rh, queries, heads=heads, metric=metric, k=k, self_first=self_first,
+                            out_dtype=np.dtype(out))
+
+    return jax.pure_callback(host, spec, jax.lax.stop_gradient(q), jax.lax.stop_gradient(keys), rows,
+                             **_vmap_kw())
+
+
+def _vmap_kw() -> dict:
+    """Under vmap, call the kernel once per batch element (the keyword exists from jax 0.4.34)."""
+    import inspect
+
+    return {"vmap_method": "sequential"} if "vmap_method" in inspect.signature(jax.pure_callback).parameters else {}
