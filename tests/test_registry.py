@@ -114,6 +114,7 @@ def test_train_auto_never_picks_a_backend_that_cannot_train_convnn(fake_register
     # the forward-only plugin first in the training order: auto must pass over it for a ConvNN model
     order = ("fake",) + registry.CPU_POLICY["train"][0]
     monkeypatch.setitem(registry.CPU_POLICY, "train", (order, "a test order"))
+    monkeypatch.setattr(registry, "PLAIN_TRAIN_POLICY", None)  # models without ConvNN follow the same order
     choice = registry.resolve_auto("train", uses_convnn=True)
     assert registry.BACKENDS[choice.name].trains_convnn
     assert dict(choice.passed_over)["fake"].startswith("runs the ConvNN ops forward only")

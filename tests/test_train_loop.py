@@ -210,5 +210,6 @@ def test_a_backend_that_fails_to_load_is_a_named_error_not_a_fallback(monkeypatc
         resolve_training_backend("numpy", "vit_tiny_cifar", {})
     with pytest.raises(BackendLoadError):  # auto picks a backend for a model without ConvNN: the same error
         monkeypatch.setitem(registry.CPU_POLICY, "train", (("numpy",), "a test order"))
+        monkeypatch.setattr(registry, "PLAIN_TRAIN_POLICY", None)
         monkeypatch.setattr(registry, "cuda_visible", lambda: (False, "no CUDA GPU in this test"))
         resolve_training_backend("auto", "vit_tiny_cifar", {})
