@@ -8,6 +8,7 @@ XLA code.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import jax
@@ -16,6 +17,9 @@ import numpy as np
 
 from . import numba_select_blockers
 from .arrays import index_dtype
+
+# under vmap, call the kernel once per batch element (the keyword exists from jax 0.4.34 on)
+VMAP_KW = {"vmap_method": "sequential"} if "vmap_method" in inspect.signature(jax.pure_callback).parameters else {}
 
 
 def usable(device: str, dtype: Any, grid: Any) -> bool:
@@ -56,11 +60,4 @@ def select(q: jnp.ndarray, keys: jnp.ndarray, queries: np.ndarray, cand: Optiona
                             out_dtype=np.dtype(out))
 
     return jax.pure_callback(host, spec, jax.lax.stop_gradient(q), jax.lax.stop_gradient(keys), rows,
-                             **_vmap_kw())
-
-
-def _vmap_kw() -> dict:
-    """Under vmap, call the kernel once per batch element (the keyword exists from jax 0.4.34)."""
-    import inspect
-
-    return {"vmap_method": "sequential"} if "vmap_method" in inspect.signature(jax.pure_callback).parameters else {}
+                             **VMAP_KW)

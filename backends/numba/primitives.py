@@ -6,10 +6,11 @@ Everything around them (padding, coordinates, projections, softmax) is autograd 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from autograd.extend import defvjp_argnums, primitive
+from autograd.tracer import getval
 
 from convnn.grid import Grid
 from convnn.kernels import METRIC_CODES
@@ -21,8 +22,12 @@ _NO_RHO = {np.dtype(np.float32): np.ones((1, 1, 1, 1), np.float32),
            np.dtype(np.float64): np.ones((1, 1, 1, 1), np.float64)}
 
 
-def _c(a: np.ndarray, dtype: Optional[np.dtype] = None) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=dtype)
+def contiguous(a: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """A C-contiguous NumPy array of a's value (no copy when it already is one); the kernels' input form."""
+    return np.ascontiguousarray(getval(a), dtype=dtype)
+
+
+_c = contiguous
 
 
 def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray,

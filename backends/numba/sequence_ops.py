@@ -22,6 +22,7 @@ from convnn.candidates import make_rng
 from convnn.pipeline import PROJECTIONS
 
 from . import sequence_kernels as sk
+from .primitives import contiguous as _c
 from .threads import parallel_region
 
 FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -44,11 +45,6 @@ def kernel_region() -> Iterator[None]:
             yield
         finally:
             numba.set_num_threads(previous)
-
-
-def _c(a: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
-    """A C-contiguous NumPy array (no copy when it already is one)."""
-    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _rows(a: Any) -> np.ndarray:

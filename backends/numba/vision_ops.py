@@ -18,14 +18,11 @@ from autograd.extend import Box, defvjp_argnums, primitive
 from autograd.tracer import getval
 
 from . import vision_kernels as vk
+from .primitives import contiguous as _c
 from .threads import parallel_region
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _NO_BIAS = {dt: np.zeros(1, dtype=dt) for dt in FLOATS}
-
-
-def _c(a: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
-    return np.ascontiguousarray(getval(a), dtype=dtype)
 
 
 def _float_dtype(*arrays: Any) -> Optional[np.dtype]:
