@@ -12,13 +12,21 @@ from typing import Optional
 
 import torch
 
-# elements of one gathered [G, rows, K, C] block
+# elements of one gathered [G, rows, K, C] block: full taps reduce a block by one GEMM; the elementwise paths
+# (depthwise taps, paired affinities) hold several block-sized products at once, so their blocks are smaller
 BLOCK_ELEMENTS = 1 << 21
+ELEMENTWISE_BLOCK_ELEMENTS = 1 << 19
 
 
-def block_rows(groups: int, n_query: int, k: int, channels: int) -> int:
-    """Query rows per block of the gather (at least 1)."""
-    return max(1, min(n_query, BLOCK_ELEMENTS // max(1, groups * k * channels)))
+def block_rows(groups: int, n_query: int, k: int, channels: int, elements: int = BLOCK_ELEMENTS) -> int:
+    """Query rows per block of the gather (at least 1) for blocks of about `elements` elements."""
+    return max(1, min(n_query, elements // max(1, groups * k * channels)))
+
+
+def taps_block_rows(groups: int, n_query: int, k: int, channels: int, taps: str) -> int:
+    """Query rows per gather block for these taps."""
+    elements = BLOCK_ELEMENTS if taps == "full" else ELEMENTWISE_BLOCK_ELEMENTS
+    return block_rows(groups, n_query, k, channels, elements)
 
 
 def _flat_index(idx: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -49,7 +57,7 @@ def gather_taps_forward(values: torch.Tensor, idx: torch.Tensor, rho: Optional[t
         w_dw = _depthwise_table(weight, g)
         out_ch = c
     y = values.new_empty((g, nq, out_ch))
-    step = block_rows(g, nq, k, c)
+    step = taps_block_rows(g, nq, k, c, taps)
     for r0 in range(0, nq, step):
         r1 = min(nq, r0 + step)
         m = r1 - r0
@@ -83,7 +91,7 @@ def gather_taps_backward(grad_y: torch.Tensor, values: torch.Tensor, idx: torch.
         w_dw = _depthwise_table(weight, g)
         grad_w_dw = torch.zeros((g if weight.ndim == 3 else 1, 1, k, c), dtype=weight.dtype,
                                 device=weight.device) if need_weight else None
-    step = block_rows(g, nq, k, c)
+    step = taps_block_rows(g, nq, k, c, taps)
     for r0 in range(0, nq, step):
         r1 = min(nq, r0 + step)
         m = r1 - r0

@@ -26,9 +26,9 @@ from convnn.candidates import make_rng
 from convnn.grid import Grid
 from convnn.kernels import KernelsBase, PathChoice, PathRequest, check_grid
 
-from . import EAGER_PATH, describe_path, ops
+from . import EAGER_PATH, describe_path, ops, paired
 from .arrays import TorchRngKey, dropout_mask
-from .selection import gather_rows, grid_args, grid_block, paired_affinity
+from .selection import gather_rows, grid_args, grid_block
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,9 @@ class TorchKernels(KernelsBase):
         dtype = keys.dtype
         if dtype in HALF:  # scored in float32 as select does: the 1e-12 norm floor is 0 in float16 (0/0 = NaN)
             keys, qf = keys.float(), qf.float()
-        rows = gather_rows(split_heads(keys, heads), idx.reshape(b * heads, nq, k))  # [G, Nq, K, f]
-        return paired_affinity(metric, split_heads(qf, heads), rows).view(b, heads, nq, k).to(dtype)
+        aff = paired.paired_affinity(metric, split_heads(qf, heads), split_heads(keys, heads),
+                                     idx.reshape(b * heads, nq, k))  # blockwise: no [G, Nq, K, f] copy
+        return aff.view(b, heads, nq, k).to(dtype)
 
     def gather_taps(self, values: torch.Tensor, idx: torch.Tensor, rho: Optional[torch.Tensor],
                     weight: torch.Tensor, *, taps: str) -> torch.Tensor:
