@@ -3,10 +3,12 @@
 The reference is the zoo model on the NumPy backend in float64 (the spec's ConvNN ops plus the
 NumPy layers). Gradients are checked by central differences of that float64 loss along two
 directions (the backend's own gradient and a random one), so no second framework is trusted.
-Needs `models.create_model`; without the zoo these levels are n/a.
+Needs `models.create_model`; without the zoo these levels are n/a. A backend with `exported_model_forward`
+(onnx) is also checked at level 4 on the whole model exported as one graph, as `convnn export` writes it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -78,6 +80,8 @@ def zoo() -> Optional[Any]:
 def model_cases(level: int, dtype: str, full: bool) -> list[ModelCase]:
     """Level 4: every model in float64; in low precision only models whose neighbour choice is not
     feature-driven (a near-tie among thousands of queries may pick another, equally valid neighbour)."""
+    if dtype == "bfloat16" and level == 4:  # the trainer's --precision bf16 forward (float32 weights)
+        return [ModelCase(f"fwd-{k}-bf16-mixed", 4, k, dtype) for k, m in MODELS.items() if not m[3]]
     if dtype in ("bfloat16", "float16"):
         return []
     if level == 4:
@@ -178,14 +182,36 @@ def check_forward_model(backend: Any, name: str, case: ModelCase, cache: OracleC
             return to_host(ref, logits)
 
         want = cache.get("logits", case, oracle)
-        model = _build(backend, case, case.dtype)
-        logits, _ = model.apply(_to_backend(backend, shared["params"], case.dtype),
-                                _to_backend(backend, shared["state"], case.dtype),
-                                backend.asarray(shared["x"], case.dtype), train=False, rng=None)
-        cmp = compare(to_host(backend, logits), want, tolerance_for(case.dtype))
-        return [CheckResult.from_comparison(name, 4, case.id, case.dtype, cmp, detail="logits vs float64 reference")]
+        logits = _forward(backend, case, shared)
+        tol = tolerance_for(case.dtype)
+        parts = [("logits", compare(to_host(backend, logits), want, tol))]
+        detail = "logits vs float64 reference"
+        whole = getattr(backend, "exported_model_forward", None)
+        if callable(whole):  # a backend that also runs the whole model as one exported graph (onnx)
+            got = whole(case.model, 10, {**case.options, "dtype": case.dtype}, shared["params"], shared["state"],
+                        shared["x"])
+            parts.append(("exported model", compare(np.asarray(got, dtype=np.float64), want, tol)))
+            detail = "logits op by op and of the whole exported model vs float64 reference"
+        return [CheckResult.from_comparison(name, 4, case.id, case.dtype, merge(parts), detail=detail)]
 
     return guarded(name, case, run)  # type: ignore[arg-type]
+
+
+def _forward(backend: Any, case: ModelCase, shared: dict[str, Any]) -> Any:
+    """Eval-mode logits; in bfloat16 the trainer's mixed precision: float32 weights, bfloat16 compute
+    (models/train/precision.py), n/a on a backend that has no bf16 training."""
+    dtype, run = case.dtype, None
+    if dtype == "bfloat16":
+        from convnn.models.train.precision import BF16_TRAINERS, MixedPrecision
+
+        if getattr(backend.capabilities, "mixed_precision", None) is None:
+            raise NotAvailable(f"no bf16 mixed-precision training on this backend (it runs on {BF16_TRAINERS})")
+        run, dtype = MixedPrecision("bf16", backend), "float32"
+    model = _build(backend if run is None else run.backend(), case, dtype)
+    args = (_to_backend(backend, shared["params"], dtype), _to_backend(backend, shared["state"], dtype),
+            backend.asarray(shared["x"], dtype))
+    with (run.autocast() if run is not None else contextlib.nullcontext()):
+        return model.apply(*args, train=False, rng=None)[0]
 
 
 # ----------------------------------------------------------------------------- level 5

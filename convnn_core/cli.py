@@ -10,7 +10,11 @@ from typing import Any, Callable, Optional, Sequence
 COMMANDS_GROUP = "convnn.commands"
 OPS = ("convnn2d", "convnn1d", "convnn_attention", "select_neighbors")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-PACKAGES = ("numpy", "array-api-compat", "torch", "jax", "jaxlib", "numba", "autograd", "optax", "triton")
+PACKAGES = ("numpy", "array-api-compat", "torch", "jax", "jaxlib", "numba", "autograd", "optax", "triton", "onnx",
+            "onnxscript", "onnxruntime", "flax", "ray")
+# the pip extra that installs a package `convnn info` lists (triton comes with CUDA builds of torch)
+EXTRA_OF = {"torch": "torch", "jax": "jax", "jaxlib": "jax", "optax": "jax", "numba": "numba", "autograd": "numba",
+            "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "flax": "flax", "ray": "ray"}
 
 
 def _version(pkg: str) -> Optional[str]:
@@ -31,7 +35,10 @@ def info_text() -> str:
     lines = [f"convnn {__version__} on Python {platform.python_version()} ({platform.machine()}, {platform.system()})"]
     lines.append("packages:")
     for pkg in PACKAGES:
-        lines.append(f"  {pkg:<17} {_version(pkg) or 'not installed'}")
+        version = _version(pkg)
+        extra = EXTRA_OF.get(pkg)
+        missing = "not installed" + (f" (pip install 'convnn[{extra}]')" if extra else "")
+        lines.append(f"  {pkg:<17} {version or missing}")
     lines.append("backends:")
     for name, plugin in BACKENDS.items():
         ok, why = backend_status(name, probe=True)  # imported here: an installed but broken framework says so

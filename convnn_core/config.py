@@ -143,3 +143,22 @@ def attention_config(
         padding=0,
         aggregate_coords=False,
     )
+
+
+# the ConvNNConfig fields a layer module takes as keywords besides k and padding (torch and nnx modules alike)
+LAYER_OPTIONS = ("select", "metric", "blend", "sampling", "num_samples", "self_first", "order", "aggregate_coords",
+                 "weighting", "self_logit", "taps", "shuffle_scale")
+
+
+def layer_config(k: int, padding: int, config: Optional[ConvNNConfig], options: dict[str, Any]) -> ConvNNConfig:
+    """A layer module's ConvNNConfig: `config=` as given, or k, padding and the option keywords (not both)."""
+    if config is not None:
+        if options:
+            raise ValueError(f"give either config= or the option arguments {sorted(options)}, not both")
+        if not isinstance(config, ConvNNConfig):
+            raise TypeError(f"config must be a ConvNNConfig, got {type(config).__name__}")
+        return config
+    unknown = sorted(set(options) - set(LAYER_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown argument(s) {unknown}; ConvNN options are {', '.join(LAYER_OPTIONS)}")
+    return ConvNNConfig(k=k, padding=padding, **options)

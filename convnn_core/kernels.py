@@ -76,7 +76,11 @@ class Capabilities:
     zoo (ConvNN models included only when 'convnn2d' is differentiable); compiles: whether
     `compile` does something (and training compiles by default); int64_labels: whether int64 arrays
     exist (jax without x64 keeps int32); memory: which peak-memory meter sees its allocations
-    ('host' = the process RSS meter, 'cuda' = torch.cuda statistics, None = none can).
+    ('host' = the process RSS meter, 'cuda' = torch.cuda statistics, None = none can);
+    mixed_precision: how it trains in bfloat16 with float32 master weights ('autocast': the backend's
+    `autocast(dtype)` context casts inside ops; 'cast': the trainer casts each op's inputs; None: it cannot);
+    data_parallel: how one run spans several devices ('processes': one process per device under torchrun;
+    'devices': one process shards each batch over local devices; None: one device only).
     """
 
     dtypes: tuple[str, ...]
@@ -88,6 +92,8 @@ class Capabilities:
     compile_by_default: bool = False
     int64_labels: bool = True
     memory: Optional[str] = "host"
+    mixed_precision: Optional[str] = None
+    data_parallel: Optional[str] = None
 
     def supports_dtype(self, dtype: str) -> bool:
         """Whether the ConvNN ops accept this dtype name."""

@@ -43,7 +43,8 @@ class BackendPlugin:
     'cpu' and/or 'cuda'; trains_convnn: whether it differentiates the ConvNN ops; loader: a
     zero-import callable `load(**options) -> backend object`; describe_path(request) -> PathChoice
     says which path an op takes without importing the framework; options: the keyword options
-    `load` accepts; dtype_options: extra load options a dtype needs (jax: float64 needs x64=True).
+    `load` accepts; dtype_options: extra load options a dtype needs (jax: float64 needs x64=True);
+    auto: whether the `auto` policy may pick it (onnx: no, it is a forward-only export check).
     """
 
     name: str
@@ -56,6 +57,7 @@ class BackendPlugin:
     describe_path: Optional[Callable[[PathRequest], PathChoice]] = field(default=None, compare=False)
     options: tuple[str, ...] = ()
     dtype_options: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    auto: bool = True  # False: `auto` never picks it (it runs only when asked for by name)
 
     def load(self, **options: Any) -> Any:
         """The backend object (imports the framework)."""
@@ -239,8 +241,11 @@ def resolve_auto(purpose: str = "op", *, uses_convnn: bool = True, probe: bool =
         if chosen is not None:
             passed.append((name, "lower in the auto order"))
             continue
-        ok, why = backend_status(name, probe)
         plugin = BACKENDS[name]
+        if not plugin.auto:
+            passed.append((name, "never chosen by auto (ask for it by name)"))
+            continue
+        ok, why = backend_status(name, probe)
         if ok and device not in plugin.devices:
             ok, why = False, f"does not run on {device}"
         if ok and purpose == "train" and uses_convnn and not plugin.trains_convnn:

@@ -19,6 +19,10 @@ def _broadcast_candidates(xp: Any, cand: Optional[Any], batch: int, n_tokens: in
     return cand
 
 
+class NotEnoughCandidates(ValueError):
+    """Fewer candidates (or fewer valid ones, under a key-padding mask) than the K slots a query must fill."""
+
+
 def check_candidate_count(xp: Any, k: int, self_first: bool, is_self: Optional[Any], n_cand: int) -> None:
     """Raise ValueError when fewer candidates exist than the K (or K-1 besides self) slots to fill.
 
@@ -33,7 +37,7 @@ def check_candidate_count(xp: Any, k: int, self_first: bool, is_self: Optional[A
             available = n_cand - 1
     if available < needed:
         what = "other candidates besides the query itself" if self_first else "candidates"
-        raise ValueError(
+        raise NotEnoughCandidates(
             f"ConvNNConfig.k={k} needs {needed} {what}, but only {available} are available "
             f"(candidate count {n_cand}); lower k or use more candidates"
         )

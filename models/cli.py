@@ -28,6 +28,9 @@ examples:
   convnn train --model vit_tiny_cifar --option attention=convnn --option sampling=random \\
       --dataset cifar10 --data-dir DIR --subset 5000 --epochs 5 --lr 5e-4
   convnn train --resume runs/RUN                           # continue a run after a crash or Ctrl-C
+  convnn train --backend torch --precision bf16 ...         # bfloat16 compute, float32 weights and checkpoints
+  torchrun --nproc_per_node 2 -m convnn train --backend torch ...   # data-parallel, one process per device
+  convnn train --backend jax --devices all ...             # jax: the batch sharded over every local device
 Ctrl-C (SIGINT) or SIGTERM saves the last completed step and prints how to resume (exit 130 / 143). A run
 folder is locked while a run uses it, and a new run refuses a folder that already holds files.
 backend 'auto' (training) is the registry's one policy for purpose 'train': a backend that runs the
@@ -43,6 +46,19 @@ def _key_value(text: str) -> tuple[str, Any]:
     from .train.config import parse_value
 
     return key.strip(), parse_value(value)
+
+
+def _devices(text: str) -> Any:
+    """--devices: a positive int or 'all'."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device count: give an int >= 1 or 'all'")
+    return value
 
 
 def _add_train(sub: Any) -> None:
@@ -96,17 +112,28 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--run-name", help="run folder name (default MODEL-DATASET-TIMESTAMP); the folder must be new or "
                                       "empty (continue an existing run with --resume)")
     p.add_argument("--checkpoint-every", type=int, help="also save the 'last' checkpoint every N steps")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="fp32 (default), or bf16: bfloat16 compute with float32 master weights, optimizer state and "
+                        "checkpoints (torch: autocast on CPU and CUDA; jax: bfloat16 matmuls/convolutions). Backends "
+                        "torch and jax only")
+    p.add_argument("--devices", type=_devices, metavar="N|all",
+                   help="jax: split each batch over N local devices (or all of them), parameters replicated, "
+                        "gradients averaged; the global batch stays --batch-size (BatchNorm normalises per device). "
+                        "Default 1: extra devices are never used unasked. torch: launch one "
+                        "process per device instead, e.g. torchrun --nproc_per_node 2 -m convnn train ... (gloo "
+                        "on CPU, NCCL on CUDA; rank 0 writes the run folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (the per-epoch table stays)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint with its "
-                                                       "saved config (only --epochs, --test, --backend and "
-                                                       "display options may change)")
+                                                       "saved config (only --epochs, --test, --backend, --precision, "
+                                                       "--devices and display options may change)")
     p.add_argument("--list-models", action="store_true", help="list the zoo's models and their options, then exit")
     p.set_defaults(func=cmd_train)
 
 
 NAMED = ("model", "backend", "dataset", "data_dir", "download", "epochs", "batch_size", "eval_batch_size", "lr",
          "weight_decay", "clip_grad_norm", "schedule", "warmup_epochs", "augment", "resize", "subset", "val_size",
-         "val_subset", "test", "seed", "dtype", "compile", "out_dir", "run_name", "checkpoint_every")
+         "val_subset", "test", "seed", "dtype", "compile", "out_dir", "run_name", "checkpoint_every", "precision",
+         "devices")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

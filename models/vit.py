@@ -19,6 +19,7 @@ from .init import ParamSpec, normal, ones, uniform, zeros
 
 ATTENTIONS = ("attention", "convnn", "kvt", "local", "sparse-local", "sparse-strided", "branching")
 PROJECTIONS = ("wq", "wk", "wv", "wo")
+TAPS = ("depthwise", "full", "separable")  # convnn: [D, K] taps, a full [D, D, K] Conv1d, or depthwise + pointwise
 CONVNN_ATTENTIONS = ("convnn", "branching")  # the attentions built on the ConvNN ops
 
 DEFAULTS: dict[str, Any] = {
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "window": 128,             # local: tokens within +-window in the 1-D token order
     "sparse_width": None,      # sparse: band width (local, default 49) or stride (strided, default 14)
     "ratio": 0.5,              # branching: share of the width D given to ConvNN attention
+    "taps": "depthwise",       # convnn: depthwise (the paper) | full | separable (depthwise, then a D x D pointwise)
     "in_chans": 3,
     "dtype": "float32",
     "eval_seed": 0,
@@ -77,6 +79,10 @@ class ViT(Model):
         o["ratio"] = opt.number(name, "ratio", o["ratio"], 0.0, 1.0)
         o["dtype"] = opt.dtype(name, o["dtype"])
         opt.choice(name, "sampling", o["sampling"], ("all", "random", "spatial"))
+        o["taps"] = opt.choice(name, "taps", o["taps"], TAPS)
+        if o["taps"] != "depthwise" and o["attention"] != "convnn":
+            raise ValueError(f"model {name!r}: taps={o['taps']!r} applies to attention='convnn' only (got "
+                             f"attention={o['attention']!r}); leave taps at 'depthwise'")
         if o["sparse_width"] is None:
             o["sparse_width"] = 14 if o["attention"] == "sparse-strided" else 49
         o["sparse_width"] = opt.integer(name, "sparse_width", o["sparse_width"], 1)
@@ -97,7 +103,7 @@ class ViT(Model):
             try:
                 self.cfg = attention_config(o["k"], sampling=o["sampling"],
                                             num_samples=None if o["sampling"] == "all" else o["num_samples"],
-                                            metric=o["metric"])
+                                            metric=o["metric"], taps="full" if o["taps"] == "full" else "depthwise")
             except (TypeError, ValueError) as err:
                 raise ValueError(f"model {name!r}: {err}") from err
             needed = o["k"] - 1 if o["sampling"] != "all" else o["k"]
@@ -143,7 +149,10 @@ class ViT(Model):
             return specs
         projections(prefix, d)
         if kind == "convnn":
-            specs[f"{prefix}.taps"] = ones((d, self.options["k"]))
+            k, taps = self.options["k"], self.options["taps"]
+            specs[f"{prefix}.taps"] = uniform((d, d, k), d * k) if taps == "full" else ones((d, k))
+            if taps == "separable":
+                specs[f"{prefix}.pointwise"] = uniform((d, d), d)
         return specs
 
     def param_specs(self) -> dict[str, ParamSpec]:
@@ -178,6 +187,10 @@ class ViT(Model):
             cand = self.eval_candidates(path, x.shape[1], self.cfg.num_samples)
             if cand is not None:
                 kw["candidates"] = cand
+        if "pointwise" in p:  # separable taps: wo(pointwise(y)) is one linear map, wo @ pointwise
+            pw_t = A.permute_dims(p["pointwise"], (1, 0))
+            p = {**{k: v for k, v in p.items() if k != "pointwise"},
+                 "wo": A.permute_dims(self.backend.linear(pw_t, p["wo"], None), (1, 0))}
         return self.backend.convnn_attention(x, p, self.cfg, **kw)
 
     def _attention(self, p: Any, x: Any, path: str, key: Any, train: bool) -> Any:

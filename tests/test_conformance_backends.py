@@ -73,9 +73,10 @@ def _check(name, case_filter) -> None:
 MODEL_SMOKE = ("fwd-vit-convnn-float64", "fwd-vit-attention-float32", "step-vit-convnn-float64")
 
 
-@pytest.mark.parametrize("name", [n for n in BACKENDS if n != "numpy"])
+@pytest.mark.parametrize("name", [n for n in BACKENDS if n != "numpy" and BACKENDS[n].trains_convnn])
 def test_backend_model_forward_and_training_step(name):
-    """Levels 4 and 5 on two small zoo models (the CLI and the slow test run every model and level 6)."""
+    """Levels 4 and 5 on two small zoo models (the CLI and the slow test run every model and level 6); forward-only
+    backends (onnx) have their own model-forward tests."""
     from convnn.conformance.model_levels import zoo
 
     if zoo() is None:

@@ -90,6 +90,21 @@ def _traced_patch_matmul() -> Any:
 _PATCH_MATMUL_TRACED = _traced_patch_matmul()
 
 
+
+def host_rng(seed: int) -> np.random.Generator:
+    """A NumPy Generator (PCG64) seeded with an int `seed` (the host RNG of the NumPy-array backends)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed={seed!r} must be an int")
+    return np.random.default_rng(int(seed))
+
+
+def split_host_rng(key: np.random.Generator, n: int) -> tuple[np.random.Generator, ...]:
+    """n independent Generators seeded from draws of `key` (advances key)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} must be an int >= 1")
+    seeds = make_rng(key).integers(0, 2 ** 63 - 1, size=n, dtype=np.int64)
+    return tuple(np.random.default_rng(int(s)) for s in seeds)
+
 class AdamW:
     """torch.optim.AdamW on a pytree: decoupled decay p *= 1 - lr*wd on every leaf, then the Adam step.
 
@@ -452,16 +467,11 @@ class NumpyOps:
 
     def make_rng(self, seed: int) -> np.random.Generator:
         """A NumPy Generator (PCG64) seeded with `seed`."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed={seed!r} must be an int")
-        return np.random.default_rng(int(seed))
+        return host_rng(seed)
 
     def split_rng(self, key: np.random.Generator, n: int) -> tuple[np.random.Generator, ...]:
         """n independent Generators seeded from draws of `key` (advances key; its state is checkpointable)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n={n!r} must be an int >= 1")
-        seeds = make_rng(key).integers(0, 2 ** 63 - 1, size=n, dtype=np.int64)
-        return tuple(np.random.default_rng(int(s)) for s in seeds)
+        return split_host_rng(key, n)
 
     # ------------------------------------------------------------------ training
     def value_and_grad(self, fn: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:

@@ -80,7 +80,8 @@ class JaxBackend(PipelineOps):
         return Capabilities(
             dtypes=self.kernels.dtypes, devices=DEVICES, device=device,
             differentiable=CONVNN_OPS + ATTENTION_OPS, trainable=True, compiles=True, compile_by_default=True,
-            int64_labels=arrays.x64_enabled(), memory=None if device == "cuda" else "host",
+            int64_labels=arrays.x64_enabled(), memory=None if device == "cuda" else "host", mixed_precision="cast",
+            data_parallel="devices",
         )
 
     def __repr__(self) -> str:

@@ -5,7 +5,7 @@ on TorchKernels (kernels.py); the baselines, layers, arrays and training are tor
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import array_api_compat.torch as torch_xp
 import numpy as np
@@ -45,7 +45,8 @@ class TorchBackend(PipelineOps):
         self.capabilities = Capabilities(
             dtypes=device_dtypes(self.device), devices=("cpu", "cuda"), device=str(self.device),
             differentiable=CONVNN_OPS + ATTENTION_OPS, trainable=True, compiles=True, compile_by_default=False,
-            int64_labels=True, memory="cuda" if on_cuda else "host",
+            int64_labels=True, memory="cuda" if on_cuda else "host", mixed_precision="autocast",
+            data_parallel="processes",
         )
 
     @property
@@ -62,6 +63,12 @@ class TorchBackend(PipelineOps):
         o = self.options
         return (f"<convnn backend 'torch' device={self.device} deterministic={o.deterministic} fused={o.fused} "
                 f"check_inputs={o.check_inputs}>")
+
+    def autocast(self, dtype: Optional[str]) -> Any:
+        """torch.autocast on this backend's device to `dtype` ('bfloat16', ...), or with autocast off (None)."""
+        if dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=getattr(torch, dtype))
 
     def synchronize(self, value: Any) -> Any:
         """Wait for the queued CUDA work (nothing to wait for on the CPU); returns value."""

@@ -114,6 +114,8 @@ def exact_topk(key: torch.Tensor, slots: int) -> torch.Tensor:
     with a stable sort; inside the chosen set equal values are put in position order.
     """
     n = key.shape[-1]
+    if torch.onnx.is_in_onnx_export():  # ONNX TopK puts equal values lower index first: the rule, in one operator
+        return torch.topk(key, slots, dim=-1, largest=True, sorted=True).indices
     if torch.compiler.is_compiling() or n <= 2 * slots + 1:
         return _stable_topk(key, slots)
     vals, pos = torch.topk(key, slots + 1, dim=-1, largest=True, sorted=True)

@@ -13,7 +13,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
@@ -330,3 +330,19 @@ def fill_like(template: Any, flat: dict[str, np.ndarray], asarray: Any, what: st
         return asarray(arr, _leaf_dtype(node))
 
     return build(template, "")
+
+
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+def checkpoint_file(path: Union[str, os.PathLike], which: str = "best") -> Path:
+    """The checkpoint file of a path: the file itself, or a run folder's checkpoints/{which}.safetensors."""
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"which={which!r} is not allowed; choose one of {', '.join(CHECKPOINT_CHOICES)}")
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / f"{which}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"run folder has no {path}; give a run folder written by `convnn train` or a "
+                                    f".safetensors checkpoint")
+    return path

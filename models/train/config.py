@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")  # bf16: bfloat16 compute, float32 master weights and checkpoints (train/precision.py)
 COMPILE = ("auto", "on", "off")
 MAX_LR = 10.0        # larger learning rates are typos (1e30) or non-finite in effect
 MAX_RESIZE = 4096    # pixels per side; --resize 100000 would ask for terabytes per batch
@@ -52,6 +53,8 @@ class TrainConfig:
     compile: str = "auto"               # auto: where capabilities.compile_by_default; on: backend.compile; off
     progress: bool = True
     preset: str = "paper"
+    precision: str = "fp32"             # fp32, or bf16: bfloat16 compute with float32 master weights (torch, jax)
+    devices: Any = 1                    # jax: shard each batch over N local devices (or "all"); torch: use torchrun
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +104,15 @@ class TrainConfig:
             raise ValueError(f"train config compile={self.compile!r} is not allowed; choose one of {', '.join(COMPILE)}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"train config dtype={self.dtype!r} is not allowed; choose float32 or float64")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train config precision={self.precision!r} is not allowed; choose one of "
+                             f"{', '.join(PRECISIONS)}")
+        if self.precision == "bf16" and self.dtype != "float32":
+            raise ValueError(f"train config precision='bf16' keeps float32 master weights: it needs dtype='float32', "
+                             f"not dtype={self.dtype!r}")
+        if self.devices != "all" and (isinstance(self.devices, bool) or not isinstance(self.devices, int)
+                                      or self.devices < 1):
+            raise ValueError(f"train config devices={self.devices!r} must be an int >= 1 or 'all'")
         if not isinstance(self.model_options, dict):
             raise ValueError(f"train config model_options={self.model_options!r} must be a dict")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()

@@ -33,9 +33,11 @@ from .backend_choice import resolve_training_backend
 from .checkpoint import (CheckpointWriteError, NonFiniteTensor, atomic_write_text, check_finite, checkpoint_bytes,
                          fill_like, host_tensors, load_checkpoint, to_host, write_checkpoints)
 from .config import FIELDS, TrainConfig
+from .distributed import SingleDevice, data_parallel, launch_env, pin_local_device
 from .evaluate import EvaluationStopped, evaluate
 from .metrics import MetricsFiles, topk_correct
 from .plots import plot_curves
+from .precision import MixedPrecision
 from .runfolder import RunFolderLock, clean_stale_temporaries, contents
 from .schedule import lr_scale
 
@@ -44,7 +46,8 @@ IDENTITY_FIELDS = ("model", "model_options", "dataset", "val_size", "subset", "v
                    "weight_decay", "betas", "eps", "clip_grad_norm", "schedule", "warmup_epochs", "augment",
                    "resize", "seed", "dtype")
 # what `--resume` may change (the rest continues the checkpoint's config)
-RESUME_MAY_CHANGE = ("epochs", "test", "backend", "progress", "compile", "checkpoint_every", "eval_batch_size")
+RESUME_MAY_CHANGE = ("epochs", "test", "backend", "progress", "compile", "checkpoint_every", "eval_batch_size",
+                     "precision", "devices")
 # environment variables that set thread counts, recorded with each run
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
               "XLA_FLAGS", "CONVNN_THREADS")
@@ -124,6 +127,8 @@ class _Run:
     last_loss: float = float("nan")
     saved_at: Optional[tuple[int, int, int]] = None  # (epoch, step_in_epoch, global_step) of 'last' on disk
     threads: dict[str, Any] = field(default_factory=dict)
+    mp: Any = None                      # MixedPrecision: how the forward computes
+    dp: Any = field(default_factory=SingleDevice)  # how the run spreads over devices (distributed.py)
 
 
 def set_seed(seed: int) -> None:
@@ -163,6 +168,7 @@ class Trainer:
         self.step_callback = step_callback
         self.log = log
         self._signal: Optional[int] = None
+        self._rank = 0
         self._run_dir: Optional[Path] = None
         self._saved_step: Optional[int] = None
 
@@ -235,6 +241,10 @@ class Trainer:
         """
         set_seed(self.cfg.seed)  # before the model is built (SPEC.md section 8)
         run_dir = self._run_dir = self._target_dir()
+        self._rank = launch_env()[0]
+        if self._rank != 0:  # under torchrun only rank 0 writes the run folder and prints
+            self.log = lambda text: None
+            return self._run_unlocked(run_dir)
         lock = RunFolderLock(run_dir).acquire()
         if not lock.locked:
             self.log(f"note: {run_dir} could not be locked (no file locks on this platform or file system); make sure "
@@ -253,9 +263,23 @@ class Trainer:
             self._restore_signal_handlers(previous)
             lock.release()
 
+    def _run_unlocked(self, run_dir: Path) -> RunResult:
+        """A torchrun rank other than 0: trains in step with rank 0 and writes nothing."""
+        previous = self._install_signal_handlers()
+        try:
+            return self._run_locked(run_dir)
+        finally:
+            self._restore_signal_handlers(previous)
+
     def _run_locked(self, run_dir: Path) -> RunResult:
         ckpt = self._open_run(run_dir)
         r = self._build(run_dir)
+        try:
+            return self._train(r, ckpt)
+        finally:
+            r.dp.close()
+
+    def _train(self, r: "_Run", ckpt: Any) -> RunResult:
         self._write_config(r)
         self._start(r, ckpt)
         self._announce(r)
@@ -290,7 +314,7 @@ class Trainer:
     def _open_run(self, run_dir: Path) -> Any:
         """The checkpoint to resume (or None), holding the folder's lock: a new run needs an empty folder; a
         resumed run must match its checkpoint's config and config.json. Stale temporaries are removed."""
-        if self.resume is None:
+        if self.resume is None and self._main:
             files = [f for f in contents(run_dir) if not f.endswith(".tmp")]
             if files:
                 if (run_dir / "checkpoints" / "last.safetensors").exists():
@@ -300,7 +324,7 @@ class Trainer:
                                       f"{', ...' if len(files) > 4 else ''}) but holds no checkpoints/"
                                       f"last.safetensors to resume; choose another --run-name or --out-dir (or move "
                                       f"the folder away)")
-        removed = clean_stale_temporaries(run_dir)
+        removed = clean_stale_temporaries(run_dir) if self._main else []
         if removed:
             self.log(f"removed {len(removed)} temporary file(s) an interrupted write left: "
                      f"{', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''}")
@@ -335,11 +359,23 @@ class Trainer:
         self.log(f"{signal.Signals(signum).name}: stopping after the current step to save a checkpoint (send it "
                  f"again to stop at once without saving)")
 
+    @property
+    def _main(self) -> bool:
+        """Whether this process writes the run folder (rank 0 under torchrun, else the only process)."""
+        return self._rank == 0
+
     def _stop_requested(self) -> bool:
         return self._signal is not None
 
+    def _agree_on_signal(self, signalled_ranks: float) -> None:
+        """Under torchrun every rank stops at the same step: a signal any rank received stops them all."""
+        if self._signal is None and signalled_ranks > 0:
+            self._signal = int(signal.SIGTERM)
+
     def _check_stop(self, r: "_Run") -> None:
         """After a signal: save 'last' at the current position (unless it is already there) and stop."""
+        if r.dp.world > 1:
+            self._agree_on_signal(r.dp.sum_floats([float(self._signal is not None)])[0])
         if self._signal is None:
             return
         if r.saved_at != (r.epoch, r.step_in_epoch, r.global_step):
@@ -349,26 +385,33 @@ class Trainer:
     def _build(self, run_dir: Path) -> "_Run":
         """The backend, the data (test split checked up front), the model and the schedule of a run."""
         cfg = self.cfg
+        pin_local_device()
         backend, why = resolve_training_backend(cfg.backend, cfg.model, cfg.model_options, dtype=cfg.dtype)
+        mp = MixedPrecision(cfg.precision, backend)
         train, val = self._data()
         # asked-for test data must exist before hours of training, not after (no fallback when it is missing)
         test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, download=cfg.download) if cfg.test else None
-        model = create_model(cfg.model, backend=backend, num_classes=train.num_classes,
+        model = create_model(cfg.model, backend=mp.backend(), num_classes=train.num_classes,
                              **self._model_options(train))
+        dp = data_parallel(backend, cfg.devices)
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
         return _Run(run_dir=run_dir, backend=backend, why=why, model=model, train=train, val=val, test_set=test_set,
                     resize=self._resize(model, train), files=MetricsFiles(run_dir),
                     opt=backend.adamw(cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps),
                     steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * cfg.epochs,
-                    warmup_steps=warmup_steps, scheduled=cfg.schedule != "constant" or warmup_steps > 0)
+                    warmup_steps=warmup_steps, scheduled=cfg.schedule != "constant" or warmup_steps > 0,
+                    mp=mp, dp=dp)
 
     def _write_config(self, r: "_Run") -> None:
         """The run folder and its config.json (the resolved settings, the backend and why it was chosen)."""
+        r.threads = _threads(r.backend)
+        if not self._main:
+            return
         r.run_dir.mkdir(parents=True, exist_ok=True)
         (r.run_dir / "checkpoints").mkdir(exist_ok=True)
-        r.threads = _threads(r.backend)
         resolved = {**self.cfg.resolved(), "resolved_backend": r.backend.name, "backend_reason": r.why,
+                    "distributed": r.dp.describe(),
                     "threads": r.threads, "model_config": r.model.config, "num_params": r.model.num_params(),
                     "resize": r.resize, "train_images": len(r.train), "val_images": len(r.val),
                     "data_source": r.train.source}
@@ -379,29 +422,35 @@ class Trainer:
         if ckpt is None:
             r.params, r.state = r.model.init(self.cfg.seed)
             r.opt_state = r.opt.init(r.params)
+            r.params, r.state, r.opt_state = r.dp.replicate((r.params, r.state, r.opt_state))
             return
-        r.params, r.state, r.opt_state = self._restore(ckpt, r.model, r.opt)
+        r.params, r.state, r.opt_state = r.dp.replicate(self._restore(ckpt, r.model, r.opt))
         meta = ckpt.meta
         r.epoch, r.step_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
         r.global_step = int(meta["global_step"])
         r.history, r.best, r.sums = list(meta["history"]), dict(meta["best"]), dict(meta["sums"])
         r.saved_at = (r.epoch, r.step_in_epoch, r.global_step)
         self._saved_step = r.global_step
-        r.files.truncate_after(r.global_step)
+        if self._main:
+            r.files.truncate_after(r.global_step)
         self.log(f"resuming {r.run_dir} at epoch {r.epoch + 1}, step {r.global_step}")
 
     def _announce(self, r: "_Run") -> None:
         """Build the step and evaluation functions, and print what runs where (earlier epochs of a resume too)."""
         cfg, model, backend = self.cfg, r.model, r.backend
+        spread = "" if r.dp.world == 1 and r.dp.devices == 1 else (
+            f", data-parallel over {r.dp.devices} devices ({r.dp.kind})")
         self.log(f"run {r.run_dir}: {model.name} ({model.num_params():,} params, {_opts(cfg.model_options)}) on "
                  f"{backend.name} [{r.why}]; {cfg.dataset}: {len(r.train)} train / {len(r.val)} val images, "
-                 f"{cfg.epochs} epochs x {r.steps_per_epoch} steps of {cfg.batch_size}")
+                 f"{cfg.epochs} epochs x {r.steps_per_epoch} steps of {cfg.batch_size}"
+                 f"{'' if cfg.precision == 'fp32' else f'; {cfg.precision} compute, float32 weights'}{spread}")
         r.label_dtype = _label_dtype(backend)
-        r.step_fn = self._step_fn(model, backend, r.opt, r.scheduled)
-        r.eval_logits = self._eval_fn(model, backend)
+        r.step_fn = self._step_fn(model, backend, r.opt, r.scheduled, r.mp, r.dp)
+        r.eval_logits = self._eval_fn(model, backend, r.mp, r.dp)
         r.eval_bs = cfg.eval_batch_size or cfg.batch_size
         r.meta_base = {"model": model.config, "train": cfg.resolved(), "backend": backend.name, "resize": r.resize,
-                       "threads": r.threads, "dataset": {"name": cfg.dataset, "train": len(r.train), "val": len(r.val)}}
+                       "threads": r.threads, "dataset": {"name": cfg.dataset, "train": len(r.train), "val": len(r.val)},
+                       "distributed": r.dp.describe()}
         self._print_header()
         for row in r.history:  # a resumed run shows its earlier epochs first
             self._print_row(row)
@@ -433,21 +482,25 @@ class Trainer:
 
     def _train_step(self, r: "_Run", index: np.ndarray) -> None:
         """One optimizer step on the images `index`; its metrics go to the sums and metrics.jsonl."""
-        cfg, backend, model = self.cfg, r.backend, r.model
+        cfg, backend, model, dp = self.cfg, r.backend, r.model, r.dp
         t0 = time.perf_counter()
         x_host = r.train.images[index]
-        if cfg.augment:
+        if cfg.augment:  # drawn for the global batch, so every rank's shard is what a single process would see
             x_host = random_crop_flip(x_host, np.random.default_rng(step_seed(cfg.seed, r.global_step, 1)))
+        rows = dp.local_rows(len(index))
+        x_host, labels = x_host[rows], r.train.labels[index][rows]
         x_host = normalise(x_host, r.train.mean, r.train.std)
         if r.resize:
             x_host = resize_bilinear(x_host, r.resize)
-        x = backend.asarray(x_host, model.dtype)
-        y = backend.asarray(r.train.labels[index], r.label_dtype)
-        key = backend.make_rng(step_seed(cfg.seed, r.global_step, 0)) if model.train_rng_draws else None
+        x = dp.place_batch(backend.asarray(x_host, model.dtype))
+        y = dp.place_batch(backend.asarray(labels, r.label_dtype))
+        stream = 0 if dp.rank == 0 else 100 + dp.rank  # each rank draws its own dropout/sampling keys
+        key = backend.make_rng(step_seed(cfg.seed, r.global_step, stream)) if model.train_rng_draws else None
         scale = lr_scale(cfg.schedule, r.global_step, r.total_steps, r.warmup_steps)
+        extra = {"weight": len(rows) / len(index)} if dp.reduces_gradients else {}
         try:
             r.params, r.state, r.opt_state, loss, logits, gnorm = r.step_fn(r.params, r.state, r.opt_state, x, y,
-                                                                            key, scale)
+                                                                            key, scale, **extra)
         except (ValueError, ArithmeticError) as err:
             # a layer refusing non-finite inputs: the parameters diverged, the data did not
             bad = self._non_finite(to_host(r.params, backend.to_numpy), "params")
@@ -459,7 +512,11 @@ class Trainer:
         if not math.isfinite(loss_f) or (gnorm_f is not None and not math.isfinite(gnorm_f)):
             what = f"loss={loss_f}" + ("" if gnorm_f is None else f", gradient norm={gnorm_f}")
             raise self._diverged(r, r.global_step + 1, what)
-        correct = topk_correct(np.asarray(backend.to_numpy(logits)), r.train.labels[index])
+        correct = topk_correct(np.asarray(backend.to_numpy(logits), dtype=np.float32), labels)
+        if dp.world > 1:  # the global counts, and whether any rank was asked to stop
+            top1, top5, signalled = dp.sum_floats([correct[1], correct[5], float(self._signal is not None)])
+            correct = {1: int(round(top1)), 5: int(round(top5))}
+            self._agree_on_signal(signalled)
         dt = time.perf_counter() - t0
         r.global_step += 1
         n = len(index)
@@ -467,17 +524,16 @@ class Trainer:
                             ("seconds", dt)):
             r.sums[name] += value
         r.last_loss = loss_f
-        r.files.step({"step": r.global_step, "epoch": r.epoch, "loss": loss_f, "top1": correct[1] / n,
-                      "lr": cfg.lr * scale, "grad_norm": gnorm_f,
-                      "images_per_second": n / dt if dt > 0 else None})
+        if self._main:
+            r.files.step({"step": r.global_step, "epoch": r.epoch, "loss": loss_f, "top1": correct[1] / n,
+                          "lr": cfg.lr * scale, "grad_norm": gnorm_f,
+                          "images_per_second": n / dt if dt > 0 else None})
 
     def _end_epoch(self, r: "_Run") -> None:
         """Validate, record the epoch, checkpoint ('last', then 'best' when validation top-1 improved), plot."""
         cfg, sums = self.cfg, r.sums
         tensors = self._host_tensors(r)  # checked finite before validation uses the parameters
-        val = evaluate(r.model, r.params, r.state, r.val, batch_size=r.eval_bs, resize=r.resize,
-                       logits_fn=r.eval_logits, progress=cfg.progress, desc="validation",
-                       should_stop=self._stop_requested)
+        val = self._evaluate(r, r.val, "validation")
         row = {"epoch": r.epoch, "step": r.global_step, "train_loss": sums["loss"] / sums["n"],
                "train_top1": sums["top1"] / sums["n"], "train_top5": sums["top5"] / sums["n"],
                "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
@@ -498,6 +554,8 @@ class Trainer:
         except BaseException:
             r.history, r.best, (r.epoch, r.step_in_epoch, r.sums) = history, best, position
             raise
+        if not self._main:
+            return
         r.files.epochs(r.history)
         plot_curves(r.run_dir / "curves.png", r.history, r.files.read_steps(),
                     f"{r.model.name} {_opts(cfg.model_options)} on {cfg.dataset} ({r.backend.name})")
@@ -510,8 +568,10 @@ class Trainer:
     def _finish(self, r: "_Run") -> RunResult:
         """The test of the best checkpoint (when asked for), summary.json, and where everything is."""
         run_dir, best = r.run_dir, r.best
+        if not self._main:  # rank 0 tests and writes the summary
+            return RunResult(run_dir, r.history, best, None, None, r.params, r.state, r.backend.name)
         curves = run_dir / "curves.png" if (run_dir / "curves.png").exists() else None
-        test = (self._test(r.model, r.test_set, run_dir, r.resize, r.eval_bs, r.eval_logits)
+        test = (self._test(r.model, r.test_set, run_dir, r.resize, r.eval_bs, r.eval_logits, r.dp)
                 if r.test_set is not None else None)
         summary = {"run_dir": str(run_dir), "backend": r.backend.name, "best": best,
                    "last": r.history[-1] if r.history else None, "test": test}
@@ -580,57 +640,111 @@ class Trainer:
         """
         if tensors is None:
             tensors = self._host_tensors(r)
-        data = checkpoint_bytes(tensors, self._meta(r, r.epoch, r.step_in_epoch))
-        folder = r.run_dir / "checkpoints"
-        try:
-            write_checkpoints([folder / f"{name}.safetensors" for name in names], data)
-        except CheckpointWriteError as err:
-            raise CheckpointWriteError(err.errno, f"{err}; fix that, then continue with: convnn train --resume "
-                                                  f"{r.run_dir}") from err
+        if self._main:
+            data = checkpoint_bytes(tensors, self._meta(r, r.epoch, r.step_in_epoch))
+            folder = r.run_dir / "checkpoints"
+            try:
+                write_checkpoints([folder / f"{name}.safetensors" for name in names], data)
+            except CheckpointWriteError as err:
+                raise CheckpointWriteError(err.errno, f"{err}; fix that, then continue with: convnn train --resume "
+                                                      f"{r.run_dir}") from err
         if "last" in names:
             r.saved_at = (r.epoch, r.step_in_epoch, r.global_step)
             self._saved_step = r.global_step
 
-    def _step_fn(self, model: Any, backend: Any, opt: Any, scheduled: bool) -> Callable[..., Any]:
+    def _step_fn(self, model: Any, backend: Any, opt: Any, scheduled: bool, mp: MixedPrecision,
+                 dp: Any) -> Callable[..., Any]:
+        """step(params, state, opt_state, x, y, key, scale) -> (params, state, opt_state, loss, logits, grad norm).
+
+        Under torchrun the step also takes weight= (this rank's share of the global batch): the gradients and the
+        loss are all-reduced between the backward and the clipping, outside any compiled region.
+        """
         clip = self.cfg.clip_grad_norm
+        ops = model.backend  # the backend, or its bf16 casting view
 
         def loss_fn(params: Any, state: Any, x: Any, y: Any, key: Any) -> Any:
-            logits, new_state = model.apply(params, state, x, train=True, rng=key)
-            return backend.cross_entropy(logits, y), (logits, new_state)
+            with mp.autocast():
+                logits, new_state = model.apply(params, state, x, train=True, rng=key)
+                loss = ops.cross_entropy(logits, y)
+            return loss, (logits, mp.keep_dtypes(new_state, state))
 
         value_and_grad = backend.value_and_grad(loss_fn, has_aux=True)
 
-        def step(params: Any, state: Any, opt_state: Any, x: Any, y: Any, key: Any, scale: Any) -> Any:
-            (loss, (logits, new_state)), grads = value_and_grad(params, state, x, y, key)
+        def update(params: Any, opt_state: Any, grads: Any, scale: Any) -> Any:
             gnorm = None
             if clip is not None:
                 grads, gnorm = backend.clip_grad_norm(grads, clip)
             new_params, new_opt = opt.update(grads, opt_state, params)
             if scheduled:  # AdamW's update is linear in the LR: p + s * (update at the base LR)
                 new_params = tree_map(lambda p, q: p + (q - p) * scale, params, new_params)
-            return new_params, new_state, new_opt, loss, logits, gnorm
+            return new_params, new_opt, gnorm
 
-        if self._compiled(backend):
-            return backend.compile(step)
-        return step
+        compiled = self._compiled(backend)
+        if not dp.reduces_gradients:
+            def step(params: Any, state: Any, opt_state: Any, x: Any, y: Any, key: Any, scale: Any) -> Any:
+                (loss, (logits, new_state)), grads = value_and_grad(params, state, x, y, key)
+                new_params, new_opt, gnorm = update(params, opt_state, grads, scale)
+                return new_params, new_state, new_opt, loss, logits, gnorm
 
-    def _eval_fn(self, model: Any, backend: Any) -> Callable[..., Any]:
+            whole = backend.compile(step) if compiled else step
+            return dp.train_step(value_and_grad, update, whole) if dp.devices > 1 else whole
+
+        grads_of = backend.compile(value_and_grad) if compiled else value_and_grad
+        apply_update = backend.compile(update) if compiled else update
+
+        def reduced_step(params: Any, state: Any, opt_state: Any, x: Any, y: Any, key: Any, scale: Any, *,
+                         weight: float) -> Any:
+            if x.shape[0] == 0:  # a last batch smaller than the number of ranks leaves this rank nothing
+                loss, logits, new_state = backend.asarray(np.zeros((), np.float32)), x[:, :0, 0, 0], state
+                grads = tree_map(lambda p: p * 0, params)
+            else:
+                (loss, (logits, new_state)), grads = grads_of(params, state, x, y, key)
+            grads, loss = dp.reduce_gradients(grads, loss, weight)
+            new_params, new_opt, gnorm = apply_update(params, opt_state, grads, scale)
+            return new_params, dp.average_state(new_state), new_opt, loss, logits, gnorm
+
+        return reduced_step
+
+    def _eval_fn(self, model: Any, backend: Any, mp: MixedPrecision, dp: Any) -> Callable[..., Any]:
         def logits(params: Any, state: Any, x: Any) -> Any:
-            return model.apply(params, state, x, train=False, rng=None)[0]
+            with mp.autocast():
+                return model.apply(params, state, x, train=False, rng=None)[0]
 
-        return backend.compile(logits) if self._compiled(backend) else logits
+        fn = backend.compile(logits) if self._compiled(backend) else logits
+        if dp.devices > 1 and not dp.reduces_gradients:  # jax: the evaluation batches are split too
+            return dp.eval_logits(logits, fn)
+        return fn
+
+    def _evaluate(self, r: "_Run", ds: Dataset, desc: str) -> dict[str, Any]:
+        """evaluate() over ds; under torchrun each rank evaluates its share and the sums are combined."""
+        cfg, dp = self.cfg, r.dp
+        if dp.world == 1:
+            return evaluate(r.model, r.params, r.state, ds, batch_size=r.eval_bs, resize=r.resize,
+                            logits_fn=r.eval_logits, progress=cfg.progress, desc=desc,
+                            should_stop=self._stop_requested)
+        if len(ds) < dp.world:  # too few images to share: every rank evaluates all of them
+            return evaluate(r.model, r.params, r.state, ds, batch_size=r.eval_bs, resize=r.resize,
+                            logits_fn=r.eval_logits, progress=cfg.progress and dp.is_main, desc=desc)
+        part = ds.take(dp.local_rows(len(ds)))
+        # no early stop mid-evaluation: the ranks agree on a signal at the next step instead
+        m = evaluate(r.model, r.params, r.state, part, batch_size=r.eval_bs, resize=r.resize,
+                     logits_fn=r.eval_logits, progress=cfg.progress and dp.is_main, desc=desc)
+        loss, top1, top5, n = dp.sum_floats([m["loss"] * m["n"], m["top1"] * m["n"], m["top5"] * m["n"], m["n"]])
+        return {"loss": loss / n, "top1": round(top1) / n, "top5": round(top5) / n, "n": int(round(n))}
 
     def _compiled(self, backend: Any) -> bool:
         mode = self.cfg.compile
         return mode == "on" or (mode == "auto" and backend.capabilities.compile_by_default)
 
     def _test(self, model: Any, test: Dataset, run_dir: Path, resize: Optional[int], batch_size: int,
-              eval_logits: Callable[..., Any]) -> dict[str, Any]:
+              eval_logits: Callable[..., Any], dp: Any = None) -> dict[str, Any]:
         cfg = self.cfg
         ckpt = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")
         backend = model.backend
         params = restore_tree(ckpt.groups["params"], model.param_specs(), backend, model.dtype, "params")
         state = restore_tree(ckpt.groups["state"], model.state_specs(), backend, model.dtype, "state")
+        if dp is not None:
+            params, state = dp.replicate((params, state))
         metrics = evaluate(model, params, state, test, batch_size=batch_size, resize=resize, logits_fn=eval_logits,
                            progress=cfg.progress, desc="test", should_stop=self._stop_requested)
         result = {**metrics, "epoch": ckpt.meta["best"]["epoch"], "split": "test"}
