@@ -164,9 +164,13 @@ def figures(layers: dict, models: dict, header: dict) -> dict:
 def _machine_line(report: dict) -> str:
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v and k in PACKAGES_SHOWN)
-    threads = m.get("threads")
-    threads = threads.get("threads") if isinstance(threads, dict) else threads
-    return (f"{m['device_name']}, {threads} threads; {versions}; measured sgemm {m['sgemm_gflops']:.0f} GFLOP/s, "
+    applied = m.get("threads")
+    threads = applied.get("threads") if isinstance(applied, dict) else applied
+    if isinstance(applied, dict) and applied.get("omp_wait_policy"):
+        threads = f"{threads} threads, OMP_WAIT_POLICY={applied['omp_wait_policy']}"
+    else:
+        threads = f"{threads} threads"
+    return (f"{m['device_name']}, {threads}; {versions}; measured sgemm {m['sgemm_gflops']:.0f} GFLOP/s, "
             f"copy {m['copy_gbs']:.0f} GB/s")
 
 

@@ -4,7 +4,16 @@ The backend-neutral spec (SPEC.md) on the Array API, the config, the one ConvNN 
 backend runs through its kernels (convnn.pipeline, convnn.kernels) and the backend registry.
 Importing this package imports no framework (torch, jax, numba); backends load when asked for.
 Subpackages: convnn.backends, convnn.models, convnn.conformance, convnn.bench.
+
+Importing it sets one default, OMP_WAIT_POLICY=PASSIVE (unless the environment sets it): OpenMP workers
+(numba's, and torch's, which share one libgomp in a process) otherwise busy-wait after every parallel
+region on the cores the next BLAS call needs, which made a numba VGG training step 1.7x slower. It
+reaches an OpenMP runtime only if convnn is imported before the library that loads it (torch, numba).
 """
+import os as _os
+
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .attention import (
     convnn_attention,
     kvt_attention,

@@ -32,6 +32,29 @@ def tree_items(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix[:-1], tree
 
 
+def tree_with_leaves(tree: Any, leaves: Any) -> Any:
+    """tree's structure holding `leaves` (in tree_leaves order) in place of its own: rebuilds what tree_leaves took apart."""
+    source = iter(leaves)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, dict):
+            built = {k: build(node[k]) for k in sorted(node)}
+            return {k: built[k] for k in node}
+        if isinstance(node, (list, tuple)):
+            return type(node)(build(t) for t in node)
+        if node is None:
+            return None
+        return next(source)
+
+    out = build(tree)
+    if next(source, _END) is not _END:
+        raise ValueError("leaves: more leaves than the tree has")
+    return out
+
+
+_END = object()
+
+
 def flatten(tree: Any) -> dict[str, Any]:
     """{dotted path: leaf}."""
     return dict(tree_items(tree))

@@ -13,6 +13,7 @@ from convnn.vocabulary import ATTENTION_OPS, CONVNN_OPS
 
 from . import threads
 from .kernels import DTYPES, NumbaKernels
+from .optimizer import NumbaAdamW
 from .vision_ops import NumbaVisionOps
 from .sequence_ops import NumbaSequenceOps
 
@@ -34,6 +35,11 @@ class NumbaBackend(PipelineOps, NumbaSequenceOps, NumbaVisionOps, NumpyOps):
             dtypes=DTYPES, devices=("cpu",), device="cpu", differentiable=CONVNN_OPS + ATTENTION_OPS,
             trainable=True, compiles=False, compile_by_default=False, int64_labels=True, memory="host",
         )
+
+    def adamw(self, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
+              eps: float = 1e-8) -> NumbaAdamW:
+        """torch.optim.AdamW semantics, each leaf updated in one fused numba pass."""
+        return NumbaAdamW(self.np, lr, weight_decay, betas, eps)
 
     def __repr__(self) -> str:
         return f"<convnn backend 'numba' ({self.threads} threads)>"

@@ -1,8 +1,9 @@
 """Numba kernels for the aggregation: gather the K neighbours of a block of query rows and apply the taps.
 
-Full taps: a block's gathered tile G [R, K*C] (rho applied, in L2) times the taps W2t [K*C, O] in
-one GEMM, so [B, N, K, C] is never stored. Depthwise taps are plain loops. Channel group h of the
-values (the head) uses neighbour list h. Backward kernels own whole images (no two threads write
+Full taps: the gathered rows G [R, K*C] (rho applied) times the taps W2t [K*C, O]: forward in tiles
+of rows (spanning images) that each thread gathers and multiplies itself, backward in chunks with
+multi-threaded BLAS calls between gather_rows and scatter_rows, so [B, N, K, C] is never stored
+whole. Depthwise taps are plain loops. Channel group h of the values (the head) uses neighbour list h. Backward kernels own whole images (no two threads write
 the same row of dvalues) and reduce the weight gradient over a fixed split in a fixed order, so
 the result is the same on every run with the same thread count.
 """
@@ -13,14 +14,17 @@ from numba import njit, prange
 
 
 @njit(cache=True)
-def _gather_tile(values, idx, rho, has_rho, b, i0, rows, out):
-    """out[r, k*C + c] = rho[b, h, i, k] * values[b, idx[b, h, i, k], c] for rows i0..i0+rows-1."""
+def _gather_tile(values, idx, rho, has_rho, row0, rows, out):
+    """out[r, k*C + c] = rho[b, h, i, k] * values[b, idx[b, h, i, k], c] for the flat query rows
+    row0..row0+rows-1 (row = b*Nq + i): a tile may span images, so small maps still fill a GEMM."""
     heads = idx.shape[1]
+    n_query = idx.shape[2]
     n_slots = idx.shape[3]
     n_chan = values.shape[2]
     ch = n_chan // heads
     for r in range(rows):
-        i = i0 + r
+        b = (row0 + r) // n_query
+        i = (row0 + r) % n_query
         for k in range(n_slots):
             base = k * n_chan
             for h in range(heads):
@@ -28,29 +32,54 @@ def _gather_tile(values, idx, rho, has_rho, b, i0, rows, out):
                 c0 = h * ch
                 dst = out[r, base + c0:base + c0 + ch]
                 src = values[b, t, c0:c0 + ch]
+                w = rho[b, h, i, k] if has_rho else 1.0
                 if has_rho:
-                    w = rho[b, h, i, k]
                     for c in range(ch):
                         dst[c] = w * src[c]
                 else:
-                    dst[:] = src
+                    for c in range(ch):
+                        dst[c] = src[c]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def swap_outer_axes(a, out):
+    """out [Z, Y, X] = a [X, Y, Z] with axes 0 and 2 swapped (its own inverse: taps [O, C, K] <-> rows
+    [K, C, O]), one middle index per iteration so its [X, Z] block stays in L1 (NumPy's strided copy of
+    this transpose ran at about 1 GB/s)."""
+    n_x, n_y, n_z = a.shape
+    for y in prange(n_y):
+        for x in range(n_x):
+            for z in range(n_z):
+                out[z, y, x] = a[x, y, z]
     return out
 
 
 @njit(parallel=True, cache=True)
 def gather_full(values, idx, rho, has_rho, w2t, block_rows, out):
-    """out[b, i, :] = G[b, i, :] @ w2t for values [B, N, C], idx [B, H, Nq, K], w2t [K*C, O]."""
-    n_batch = idx.shape[0]
-    n_query = idx.shape[2]
+    """out [B*Nq, O] = G @ w2t, one block of block_rows flat rows per iteration: each thread gathers its
+    block and multiplies it in its own single-threaded BLAS call, so BLAS's thread pool stays idle."""
+    n_rows = out.shape[0]
     kc = w2t.shape[0]
-    n_blocks = (n_query + block_rows - 1) // block_rows
-    for item in prange(n_batch * n_blocks):
-        b = item // n_blocks
-        i0 = (item % n_blocks) * block_rows
-        rows = min(block_rows, n_query - i0)
+    n_blocks = (n_rows + block_rows - 1) // block_rows
+    for blk in prange(n_blocks):
+        row0 = blk * block_rows
+        rows = min(block_rows, n_rows - row0)
         tile = np.empty((rows, kc), dtype=values.dtype)
-        _gather_tile(values, idx, rho, has_rho, b, i0, rows, tile)
-        out[b, i0:i0 + rows, :] = np.dot(tile, w2t)
+        _gather_tile(values, idx, rho, has_rho, row0, rows, tile)
+        out[row0:row0 + rows, :] = np.dot(tile, w2t)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def gather_rows(values, idx, rho, has_rho, row0, n_blocks, out):
+    """out [R, K*C] = the gathered rows row0..row0+R-1 (row = b*Nq + i), split into n_blocks runs: the
+    caller multiplies them by the taps in one BLAS call, as conv2d does its im2col columns."""
+    n_rows = out.shape[0]
+    for blk in prange(n_blocks):
+        r0 = blk * n_rows // n_blocks
+        r1 = (blk + 1) * n_rows // n_blocks
+        _gather_tile(values, idx, rho, has_rho, row0 + r0, r1 - r0, out[r0:r1])
     return out
 
 
@@ -76,57 +105,52 @@ def gather_depthwise(values, idx, rho, has_rho, taps, out):
 
 
 @njit(cache=True)
-def _scatter_tile(dtile, values, idx, rho, has_rho, b, i0, rows, dvalues, drho):
-    """The gather's transpose for one tile: dvalues[b, idx] += rho * dtile rows; drho = <dtile, values> (with rho)."""
+def _scatter_tile(dtile, values, idx, rho, has_rho, row0, rows, dvalues, drho):
+    """The gather's transpose for one tile of flat rows: dvalues[b, idx] += rho * dtile rows; drho = <dtile, values>."""
     heads = idx.shape[1]
+    n_query = idx.shape[2]
     n_slots = idx.shape[3]
     n_chan = values.shape[2]
     ch = n_chan // heads
     for r in range(rows):
-        i = i0 + r
+        b = (row0 + r) // n_query
+        i = (row0 + r) % n_query
         for k in range(n_slots):
             base = k * n_chan
             for h in range(heads):
                 t = idx[b, h, i, k]
                 c0 = h * ch
+                gs = dtile[r, base + c0:base + c0 + ch]
+                dv = dvalues[b, t, c0:c0 + ch]
                 if has_rho:
                     w = rho[b, h, i, k]
+                    vs = values[b, t, c0:c0 + ch]
                     dr = 0.0
-                    for c in range(c0, c0 + ch):
-                        g = dtile[r, base + c]
-                        dr += g * values[b, t, c]
-                        dvalues[b, t, c] += w * g
+                    for c in range(ch):
+                        dr += gs[c] * vs[c]
+                    for c in range(ch):
+                        dv[c] += w * gs[c]
                     drho[b, h, i, k] += dr
                 else:
-                    for c in range(c0, c0 + ch):
-                        dvalues[b, t, c] += dtile[r, base + c]
+                    for c in range(ch):
+                        dv[c] += gs[c]
 
 
 @njit(parallel=True, cache=True)
-def gather_full_grad(dy, values, idx, rho, has_rho, w2t, w2, block_rows, n_split, dvalues, drho, dw2t_parts):
-    """Backward of gather_full: accumulate dvalues [B, N, C], drho [B, H, Nq, K] and per-split dw2t.
-
-    Images are split into n_split contiguous runs; run s owns those images' rows of dvalues and
-    its own dw2t_parts[s], so nothing is written by two threads.
-    """
-    n_batch, heads, n_query, n_slots = idx.shape
-    kc = w2t.shape[0]
-    n_blocks = (n_query + block_rows - 1) // block_rows
+def scatter_rows(dtile, values, idx, rho, has_rho, row0, n_split, dvalues, drho):
+    """The transpose of gather_rows for the rows row0..row0+R-1 of dtile [R, K*C]: adds into dvalues
+    [B, N, C] and drho. The images the rows span are split into n_split runs, one per thread, so no
+    element is written by two threads and the sums come out the same on every run."""
+    n_query = idx.shape[2]
+    n_rows = dtile.shape[0]
+    b_first = row0 // n_query
+    n_img = (row0 + n_rows - 1) // n_query + 1 - b_first
     for s in prange(n_split):
-        b_start = (s * n_batch) // n_split
-        b_stop = ((s + 1) * n_batch) // n_split
-        acc = dw2t_parts[s]
-        tile = np.empty((block_rows, kc), dtype=values.dtype)
-        for b in range(b_start, b_stop):
-            for blk in range(n_blocks):
-                i0 = blk * block_rows
-                rows = min(block_rows, n_query - i0)
-                dyb = dy[b, i0:i0 + rows]
-                tb = tile[:rows]
-                _gather_tile(values, idx, rho, has_rho, b, i0, rows, tb)
-                acc += np.dot(tb.T, dyb)
-                _scatter_tile(np.dot(dyb, w2), values, idx, rho, has_rho, b, i0, rows, dvalues, drho)
-    return dvalues, drho, dw2t_parts
+        lo = max(row0, (b_first + s * n_img // n_split) * n_query)
+        hi = min(row0 + n_rows, (b_first + (s + 1) * n_img // n_split) * n_query)
+        if hi > lo:
+            _scatter_tile(dtile[lo - row0:hi - row0], values, idx, rho, has_rho, lo, hi - lo, dvalues, drho)
+    return dvalues
 
 
 @njit(parallel=True, cache=True)

@@ -250,6 +250,8 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
     # per (image, head): candidate feature rows [S, fh] (unit rows for cosine) and their squared norms
     kc = np.empty((n_batch, heads, n_cand, fh), dtype=dtype)
     ksq = np.empty((n_batch, heads, n_cand), dtype=dtype)
+    # narrow features: the same rows transposed [fh, S], so the plain-loop affinities run along S (vectorised)
+    kt = np.empty((n_batch, heads, fh if fh < SMALL_FEATURES else 0, n_cand), dtype=dtype)
     for bh in prange(n_batch * heads):
         b = bh // heads
         h = bh % heads
@@ -265,6 +267,8 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
                 inv = 1.0 / max(math.sqrt(acc), EPS_NORM)
                 for f in range(fh):
                     kc[b, h, j, f] = kc[b, h, j, f] * inv
+            for f in range(kt.shape[2]):
+                kt[b, h, f, j] = kc[b, h, j, f]
     n_blocks = (n_query + block_rows - 1) // block_rows
     for item in prange(n_batch * heads * n_blocks):
         b = item // (heads * n_blocks)
@@ -291,11 +295,14 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
             aff = np.dot(qb, kch.T)
         else:
             aff = np.zeros((rows, n_cand), dtype=dtype)
+            ktb = kt[b, h]
             for r in range(rows):
+                arow = aff[r]
                 for f in range(fh):
                     qv = qb[r, f]
+                    kcol = ktb[f]
                     for j in range(n_cand):
-                        aff[r, j] += qv * kch[j, f]
+                        arow[j] += qv * kcol[j]
         vals = np.empty(max(slots, 1), dtype=np.float64)
         ids = np.empty(max(slots, 1), dtype=np.int64)
         bmax = np.empty((n_cand + SCAN_BLOCK - 1) // SCAN_BLOCK, dtype=np.float64)

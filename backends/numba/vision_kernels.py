@@ -6,6 +6,8 @@ rows): the backend's parallel regions hand out loop iterations one at a time, so
 as a 2x2 map would cost more to schedule than to compute. No two threads write the same element,
 so each result is the same on every run. The GEMMs of conv2d run in BLAS outside these kernels.
 Column layout: cols[(c*kh + i)*kw + j, (b*Ho + y)*Wo + x] = x_padded[b, c, y*s + i, x*s + j].
+Inner loops run over slices taken first (`d = out[a:b]; d[t] = ...`): numba vectorises those, while
+an offset index into the whole flat array (`out[a + t]`) stays scalar, 3-4x slower.
 """
 from __future__ import annotations
 
@@ -41,59 +43,70 @@ def im2col(x, n_batch, n_chan, h, w, kh, kw, stride, top, left, ho, wo, cols, n_
             i = (r // kw) % kh
             j = r % kw
             lo, hi = _valid_range(j, stride, left, w, wo)
-            off = j - left
+            ylo, yhi = _valid_range(i, stride, top, h, ho)
+            whole_rows = stride == 1 and lo == 0 and hi == wo and wo == w
             for b in range(n_batch):
-                for y in range(ho):
-                    dst = r * n_cols + b * hw_out + y * wo
-                    iy = y * stride + i - top
-                    if iy < 0 or iy >= h:
-                        for t in range(wo):
-                            cols[dst + t] = 0.0
-                        continue
-                    src = ((b * n_chan + c) * h + iy) * w + off
+                plane = x[(b * n_chan + c) * h * w:(b * n_chan + c + 1) * h * w]
+                dst = cols[r * n_cols + b * hw_out:r * n_cols + (b + 1) * hw_out]
+                for q in range(ylo * wo):
+                    dst[q] = 0.0
+                tail = dst[yhi * wo:]
+                for q in range(tail.shape[0]):
+                    tail[q] = 0.0
+                if whole_rows:  # the rows are one contiguous run of the plane
+                    src = plane[(ylo + i - top) * w:(yhi + i - top) * w]
+                    run = dst[ylo * wo:yhi * wo]
+                    for q in range(run.shape[0]):
+                        run[q] = src[q]
+                    continue
+                for y in range(ylo, yhi):
+                    d = dst[y * wo:(y + 1) * wo]
+                    s0 = (y * stride + i - top) * w + j - left
                     for t in range(lo):
-                        cols[dst + t] = 0.0
+                        d[t] = 0.0
                     for t in range(hi, wo):
-                        cols[dst + t] = 0.0
+                        d[t] = 0.0
                     if stride == 1:
-                        for t in range(lo, hi):
-                            cols[dst + t] = x[src + t]
+                        src = plane[s0 + lo:s0 + hi]
+                        run = d[lo:hi]
+                        for t in range(hi - lo):
+                            run[t] = src[t]
                     else:
                         for t in range(lo, hi):
-                            cols[dst + t] = x[src + t * stride]
+                            d[t] = plane[s0 + t * stride]
     return cols
 
 
 @njit(parallel=True, cache=True)
 def col2im(dcols, n_batch, n_chan, h, w, kh, kw, stride, top, left, ho, wo, dx, n_blocks):
-    """dx [B, C, H, W] = the transpose of im2col applied to dcols (overlapping windows add up, taps in
-    (i, j) order); each input row is summed in a buffer and written once."""
+    """dx [B, C, H, W] = the transpose of im2col applied to dcols: overlapping windows add up, the taps
+    in (i, j) order into each map, which stays in cache while its taps are added."""
     hw_out = ho * wo
     n_cols = n_batch * hw_out
     for blk in prange(n_blocks):
-        buf = np.empty(w, dtype=dx.dtype)
         i0, i1 = _span(blk, n_blocks, n_batch * n_chan)
         for item in range(i0, i1):  # channel-major: neighbouring items read neighbouring column segments
             c = item // n_batch
             b = item % n_batch
-            base = (b * n_chan + c) * h * w
-            for iy in range(h):
-                buf[:] = 0.0
-                for i in range(kh):
-                    num = iy + top - i
-                    if num < 0 or num % stride != 0 or num // stride >= ho:
-                        continue
-                    for j in range(kw):
-                        lo, hi = _valid_range(j, stride, left, w, wo)
-                        src = ((c * kh + i) * kw + j) * n_cols + b * hw_out + (num // stride) * wo
-                        off = j - left
+            plane = dx[(b * n_chan + c) * h * w:(b * n_chan + c + 1) * h * w]
+            for q in range(h * w):
+                plane[q] = 0.0
+            for i in range(kh):
+                ylo, yhi = _valid_range(i, stride, top, h, ho)
+                for j in range(kw):
+                    lo, hi = _valid_range(j, stride, left, w, wo)
+                    src = dcols[((c * kh + i) * kw + j) * n_cols + b * hw_out:
+                                ((c * kh + i) * kw + j) * n_cols + (b + 1) * hw_out]
+                    for y in range(ylo, yhi):
+                        s = src[y * wo + lo:y * wo + hi]
+                        d0 = (y * stride + i - top) * w + j - left
                         if stride == 1:
-                            for t in range(lo, hi):
-                                buf[t + off] += dcols[src + t]
+                            d = plane[d0 + lo:d0 + hi]
+                            for t in range(hi - lo):
+                                d[t] += s[t]
                         else:
-                            for t in range(lo, hi):
-                                buf[t * stride + off] += dcols[src + t]
-                dx[base + iy * w:base + (iy + 1) * w] = buf
+                            for t in range(hi - lo):
+                                plane[d0 + (lo + t) * stride] += s[t]
     return dx
 
 
@@ -105,11 +118,11 @@ def rows_to_map(y2, bias, has_bias, n_batch, n_out, n_pix, out, n_blocks):
         for item in range(i0, i1):  # channel-major: neighbouring items read neighbouring segments of y2
             o = item // n_batch
             b = item % n_batch
-            src = item * n_pix
-            dst = (b * n_out + o) * n_pix
+            src = y2[item * n_pix:(item + 1) * n_pix]
+            dst = out[(b * n_out + o) * n_pix:(b * n_out + o + 1) * n_pix]
             add = bias[o] if has_bias else 0.0
             for p in range(n_pix):
-                out[dst + p] = y2[src + p] + add
+                dst[p] = src[p] + add
     return out
 
 
@@ -121,12 +134,12 @@ def map_to_rows(g, n_batch, n_out, n_pix, g2, dbias, n_blocks):
         for o in range(o0, o1):
             acc = 0.0
             for b in range(n_batch):
-                src = (b * n_out + o) * n_pix
-                dst = (o * n_batch + b) * n_pix
+                src = g[(b * n_out + o) * n_pix:(b * n_out + o + 1) * n_pix]
+                dst = g2[(o * n_batch + b) * n_pix:(o * n_batch + b + 1) * n_pix]
                 for p in range(n_pix):
-                    v = g[src + p]
-                    g2[dst + p] = v
-                    acc += v
+                    dst[p] = src[p]
+                for p in range(n_pix):
+                    acc += src[p]
             dbias[o] = acc
     return g2
 
@@ -141,15 +154,15 @@ def channel_stats(x, n_batch, n_chan, n_pix, mean, var, n_blocks):
         for c in range(c0, c1):
             s = 0.0
             for b in range(n_batch):
-                base = (b * n_chan + c) * n_pix
+                xs = x[(b * n_chan + c) * n_pix:(b * n_chan + c + 1) * n_pix]
                 for p in range(n_pix):
-                    s += x[base + p]
+                    s += xs[p]
             m = s / n
             q = 0.0
             for b in range(n_batch):
-                base = (b * n_chan + c) * n_pix
+                xs = x[(b * n_chan + c) * n_pix:(b * n_chan + c + 1) * n_pix]
                 for p in range(n_pix):
-                    d = x[base + p] - m
+                    d = xs[p] - m
                     q += d * d
             mean[c] = m
             var[c] = q / n
@@ -164,9 +177,10 @@ def channel_affine(x, n_batch, n_chan, n_pix, mean, scale, shift, out, n_blocks)
         for item in range(i0, i1):
             c = item % n_chan
             m, s, t = mean[c], scale[c], shift[c]
-            base = item * n_pix
+            xs = x[item * n_pix:(item + 1) * n_pix]
+            ys = out[item * n_pix:(item + 1) * n_pix]
             for p in range(n_pix):
-                out[base + p] = (x[base + p] - m) * s + t
+                ys[p] = (xs[p] - m) * s + t
     return out
 
 
@@ -180,11 +194,12 @@ def channel_sums(g, x, n_batch, n_chan, n_pix, mean, sum_g, sum_gx, n_blocks):
             q = 0.0
             m = mean[c]
             for b in range(n_batch):
-                base = (b * n_chan + c) * n_pix
+                gs = g[(b * n_chan + c) * n_pix:(b * n_chan + c + 1) * n_pix]
+                xs = x[(b * n_chan + c) * n_pix:(b * n_chan + c + 1) * n_pix]
                 for p in range(n_pix):
-                    v = g[base + p]
+                    v = gs[p]
                     a += v
-                    q += v * (x[base + p] - m)
+                    q += v * (xs[p] - m)
             sum_g[c] = a
             sum_gx[c] = q
     return sum_g
@@ -202,9 +217,11 @@ def batch_norm_train_dx(g, x, n_batch, n_chan, n_pix, mean, invstd, gamma, sum_g
             k = gamma[c] * invstd[c]
             mg = sum_g[c] / n
             mq = sum_gx[c] * invstd[c] * invstd[c] / n
-            base = item * n_pix
+            gs = g[item * n_pix:(item + 1) * n_pix]
+            xs = x[item * n_pix:(item + 1) * n_pix]
+            ds = dx[item * n_pix:(item + 1) * n_pix]
             for p in range(n_pix):
-                dx[base + p] = k * (g[base + p] - mg - (x[base + p] - m) * mq)
+                ds[p] = k * (gs[p] - mg - (xs[p] - m) * mq)
     return dx
 
 
@@ -215,9 +232,10 @@ def channel_scale(g, n_batch, n_chan, n_pix, scale, dx, n_blocks):
         i0, i1 = _span(blk, n_blocks, n_batch * n_chan)
         for item in range(i0, i1):
             s = scale[item % n_chan]
-            base = item * n_pix
+            gs = g[item * n_pix:(item + 1) * n_pix]
+            ds = dx[item * n_pix:(item + 1) * n_pix]
             for p in range(n_pix):
-                dx[base + p] = g[base + p] * s
+                ds[p] = gs[p] * s
     return dx
 
 
@@ -227,9 +245,11 @@ def relu(x, out, n_blocks):
     """out = max(x, 0) elementwise on flat arrays (NaN stays NaN, as np.maximum)."""
     for blk in prange(n_blocks):
         t0, t1 = _span(blk, n_blocks, x.shape[0])
-        for t in range(t0, t1):
-            v = x[t]
-            out[t] = v if (v > 0.0 or v != v) else 0.0
+        xs = x[t0:t1]
+        ys = out[t0:t1]
+        for t in range(t1 - t0):
+            v = xs[t]
+            ys[t] = v if (v > 0.0 or v != v) else 0.0
     return out
 
 
@@ -238,8 +258,11 @@ def relu_grad(g, y, dx, n_blocks):
     """dx = g where the ReLU output y > 0, else 0 (torch's rule: no gradient at 0)."""
     for blk in prange(n_blocks):
         t0, t1 = _span(blk, n_blocks, g.shape[0])
-        for t in range(t0, t1):
-            dx[t] = g[t] if y[t] > 0.0 else 0.0
+        gs = g[t0:t1]
+        ys = y[t0:t1]
+        ds = dx[t0:t1]
+        for t in range(t1 - t0):
+            ds[t] = gs[t] if ys[t] > 0.0 else 0.0
     return dx
 
 
@@ -295,11 +318,11 @@ def max_pool_grad(g, arg, n_maps, h, w, ho, wo, dx, n_blocks):
     for blk in prange(n_blocks):
         m0, m1 = _span(blk, n_blocks, n_maps)
         for m in range(m0, m1):
-            base = m * h * w
+            plane = dx[m * h * w:(m + 1) * h * w]
             for t in range(h * w):
-                dx[base + t] = 0.0
+                plane[t] = 0.0
             for k in range(m * ho * wo, (m + 1) * ho * wo):
-                dx[base + arg[k]] = g[k]
+                plane[arg[k]] = g[k]
     return dx
 
 
