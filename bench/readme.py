@@ -166,8 +166,8 @@ def _machine_line(report: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v and k in PACKAGES_SHOWN)
     applied = m.get("threads")
     threads = applied.get("threads") if isinstance(applied, dict) else applied
-    if isinstance(applied, dict) and applied.get("omp_wait_policy"):
-        threads = f"{threads} threads, OMP_WAIT_POLICY={applied['omp_wait_policy']}"
+    if isinstance(applied, dict) and applied.get("thread_policy"):
+        threads = f"{threads} threads, {applied['thread_policy']}"
     else:
         threads = f"{threads} threads"
     return (f"{m['device_name']}, {threads}; {versions}; measured sgemm {m['sgemm_gflops']:.0f} GFLOP/s, "

@@ -27,8 +27,9 @@ def fix_thread_count(threads: Optional[int]) -> dict[str, Any]:
     numba).
     """
     n = resolve_threads(threads)
-    # importing convnn set this default (convnn/__init__.py) before any OpenMP runtime below loads
-    applied: dict[str, Any] = {"threads": n, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+    from convnn.thread_policy import describe
+
+    applied: dict[str, Any] = {"threads": n, "thread_policy": describe()}
     for var in THREAD_ENV_VARS:
         # numba re-reads NUMBA_NUM_THREADS when it compiles and refuses a change once its pool runs
         if var == "NUMBA_NUM_THREADS" and "numba" in sys.modules:

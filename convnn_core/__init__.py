@@ -5,14 +5,11 @@ backend runs through its kernels (convnn.pipeline, convnn.kernels) and the backe
 Importing this package imports no framework (torch, jax, numba); backends load when asked for.
 Subpackages: convnn.backends, convnn.models, convnn.conformance, convnn.bench.
 
-Importing it sets one default, OMP_WAIT_POLICY=PASSIVE (unless the environment sets it): OpenMP workers
-(numba's, and torch's, which share one libgomp in a process) otherwise busy-wait after every parallel
-region on the cores the next BLAS call needs, which made a numba VGG training step 1.7x slower. It
-reaches an OpenMP runtime only if convnn is imported before the library that loads it (torch, numba).
+Importing it sets two thread-pool defaults first (convnn.thread_policy): OMP_WAIT_POLICY=PASSIVE and
+OPENBLAS_THREAD_TIMEOUT=4, unless the environment sets them, so that idle OpenMP and OpenBLAS workers
+sleep instead of spinning on the cores the next kernel needs.
 """
-import os as _os
-
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import thread_policy  # noqa: F401  (first: the thread pools read it when they load)
 
 from .attention import (
     convnn_attention,

@@ -92,10 +92,14 @@ def test_full_taps_tiles_span_images_on_small_maps() -> None:
 
 
 @pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_import_sets_a_passive_openmp_wait_policy_unless_the_user_chose(preset: object) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def test_import_sets_sleeping_thread_pool_defaults_unless_the_user_chose(preset: object) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
     if preset:
         env["OMP_WAIT_POLICY"] = str(preset)
-    out = subprocess.run([sys.executable, "-c", "import os, convnn; print(os.environ['OMP_WAIT_POLICY'])"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    assert out == (preset or "PASSIVE")
+    code = ("import os, convnn, convnn.thread_policy as t; "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'], t.LOADED_BEFORE)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [preset or "PASSIVE", "4", "()"]
+    late = subprocess.run([sys.executable, "-c", "import numpy, convnn.thread_policy as t; print(t.describe())"],
+                          env=env, capture_output=True, text=True, check=True).stdout
+    assert "not affected: numpy" in late

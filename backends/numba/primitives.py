@@ -124,20 +124,33 @@ def gather_taps(values: np.ndarray, idx: np.ndarray, rho: Optional[np.ndarray], 
     return out
 
 
-GATHER_CHUNK_BYTES = 16 << 20  # backward: gathered rows per pair of BLAS calls (bounds the extra memory)
-GATHER_TILE_BYTES = 1 << 20  # forward: one thread's gathered tile, multiplied by its own BLAS call
+GATHER_CHUNK_BYTES = 16 << 20  # gathered rows per multi-threaded BLAS call (bounds the extra memory)
+GATHER_TILE_BYTES = 1 << 20  # forward on large maps: one thread's gathered tile, multiplied by its own BLAS call
 
 
 def _gather_full(values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: bool, w2t: np.ndarray,
                  out: np.ndarray) -> None:
-    """out [B*Nq, O] = gathered rows @ w2t in tiles of about 1 MiB (at least 64 rows, spanning images),
-    each gathered and multiplied by one numba thread. Measured on the VGG 32x32 layer: 16 MiB chunks
-    with a multi-threaded BLAS call each were slower, and BLAS's spinning pool slowed the next kernel."""
+    """out [B*Nq, O] = gathered rows @ w2t.
+
+    Many rows per thread (large maps) or narrow rows: tiles of about 1 MiB (at least 64 rows, spanning
+    images), each gathered and multiplied by one numba thread. Otherwise chunks of 16 MiB, gathered by
+    numba and multiplied by one multi-threaded BLAS call. Measured per VGG layer shape at B=32: tiles
+    win at 32x32 (16 vs 25 ms at C=64) and lose from 16x16 C=64 down (8x8 C=256: 16 vs 10 ms).
+    """
     n_rows, kc = out.shape[0], w2t.shape[0]
     rows = max(64, GATHER_TILE_BYTES // (kc * values.itemsize))
-    rows = min(rows, -(-n_rows // current_threads()))
-    with parallel_region():
-        gather_kernels.gather_full(values, idx, rho, has_rho, w2t, rows, out)
+    per_thread = -(-n_rows // current_threads())
+    if per_thread >= 16 * rows or kc < 64:
+        with parallel_region():
+            gather_kernels.gather_full(values, idx, rho, has_rho, w2t, min(rows, per_thread), out)
+        return
+    chunk = max(64, GATHER_CHUNK_BYTES // (kc * values.itemsize))
+    buf = np.empty((min(chunk, n_rows), kc), dtype=values.dtype)
+    for row0 in range(0, n_rows, chunk):
+        n = min(chunk, n_rows - row0)
+        with parallel_region():
+            gather_kernels.gather_rows(values, idx, rho, has_rho, row0, max(1, min(n // 16, 256)), buf[:n])
+        np.dot(buf[:n], w2t, out=out[row0:row0 + n])
 
 
 def _gather_full_grad(dy: np.ndarray, values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: bool,

@@ -4,8 +4,8 @@ Numba's pool and OpenBLAS's pthreads fighting over the same cores costs 2-3x (nu
 parallel region caps BLAS to one thread (threadpoolctl) and restores it on exit. The thread count
 is NUMBA_NUM_THREADS by default, or the backend's `threads=` option (at most NUMBA_NUM_THREADS).
 
-Numba's OpenMP workers would also busy-wait after every parallel region on the cores the next BLAS
-call needs; importing convnn sets OMP_WAIT_POLICY=PASSIVE by default so that they sleep instead.
+Numba's OpenMP workers and OpenBLAS's would also spin after every call on the cores the other needs;
+importing convnn sets defaults that make them sleep instead (convnn/thread_policy.py).
 """
 from __future__ import annotations
 
