@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit, prange
 
 from .select_kernels import EPS_NORM
@@ -19,23 +20,31 @@ def slot_affinity(q, kf, idx, metric, out):
     n_batch, heads, n_query, n_slots = idx.shape
     fh = q.shape[2] // heads
     scale = math.sqrt(fh)
+    n_keys = kf.shape[1]
     for bh in prange(n_batch * heads):
         b = bh // heads
         h = bh % heads
         c0 = h * fh
+        ksq = np.empty(n_keys, dtype=np.float64)  # each key's squared norm once, not once per slot it fills
+        for t in range(n_keys):
+            kv = kf[b, t, c0:c0 + fh]
+            kk = 0.0
+            for f in range(fh):
+                kk += kv[f] * kv[f]
+            ksq[t] = kk
         for i in range(n_query):
+            qv = q[b, i, c0:c0 + fh]
             qq = 0.0
             for f in range(fh):
-                qq += q[b, i, c0 + f] * q[b, i, c0 + f]
+                qq += qv[f] * qv[f]
             qn = max(math.sqrt(qq), EPS_NORM)
             for s in range(n_slots):
                 t = idx[b, h, i, s]
+                kv = kf[b, t, c0:c0 + fh]
                 dot = 0.0
-                kk = 0.0
                 for f in range(fh):
-                    kv = kf[b, t, c0 + f]
-                    dot += q[b, i, c0 + f] * kv
-                    kk += kv * kv
+                    dot += qv[f] * kv[f]
+                kk = ksq[t]
                 if metric == 0:
                     kn = max(math.sqrt(kk), EPS_NORM)
                     v = dot / (qn * kn)
