@@ -45,7 +45,8 @@ def load(**options: Any) -> Any:
 def describe_path(request: Any) -> Any:
     from convnn.kernels import PathChoice
 
-    return PathChoice("numba kernels: blocked BLAS affinities, streaming top-K, gather + taps GEMM per row block")
+    return PathChoice("numba kernels: blocked BLAS affinities, streaming top-K, gather + taps in row tiles (large maps) "
+                      "or chunks with one BLAS call each")
 
 
 PLUGIN = BackendPlugin(
