@@ -5,6 +5,8 @@ import os
 import sys
 from typing import Any, Optional
 
+from convnn.thread_policy import numba_thread_count_fixed
+
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 _LIMITERS: list[Any] = []  # threadpoolctl limiters kept alive for the life of the process
@@ -31,8 +33,7 @@ def fix_thread_count(threads: Optional[int]) -> dict[str, Any]:
 
     applied: dict[str, Any] = {"threads": n, "thread_policy": describe()}
     for var in THREAD_ENV_VARS:
-        # numba re-reads NUMBA_NUM_THREADS when it compiles and refuses a change once its pool runs
-        if var == "NUMBA_NUM_THREADS" and "numba" in sys.modules:
+        if var == "NUMBA_NUM_THREADS" and numba_thread_count_fixed():
             continue
         os.environ[var] = str(n)
     if n == 1 and "jax" not in sys.modules:
@@ -83,6 +84,8 @@ def restore_thread_state(state: dict[str, Any]) -> None:
     while len(_LIMITERS) > state["limiters"]:
         _LIMITERS.pop().restore_original_limits()
     for var, value in state["env"].items():
+        if var == "NUMBA_NUM_THREADS" and numba_thread_count_fixed():
+            continue  # numba may have started its workers with the value set meanwhile
         if value is None:
             os.environ.pop(var, None)
         else:

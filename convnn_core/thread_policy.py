@@ -25,3 +25,10 @@ def describe() -> str:
     if LOADED_BEFORE:
         return f"{values} (loaded before convnn, so not affected: {', '.join(LOADED_BEFORE)})"
     return values
+
+
+def numba_thread_count_fixed() -> bool:
+    """Whether NUMBA_NUM_THREADS must stay as it is: once numba is loaded it re-reads the variable at every
+    compile and refuses any other value after its workers start, so code that sets thread counts for a
+    while (benchmarks, experiment cells) must neither set it nor restore it then."""
+    return "numba" in sys.modules

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from convnn.thread_policy import numba_thread_count_fixed
+
 from .cells import Cell
 from .folder import GridFolder
 
@@ -36,8 +38,11 @@ def thread_limit(threads: Optional[int], backend: str) -> Iterator[None]:
     if not threads:
         yield
         return
-    saved_env = {k: os.environ.get(k) for k in THREAD_VARS}
-    os.environ.update({k: str(threads) for k in THREAD_VARS})
+    # NUMBA_NUM_THREADS only while numba is not loaded: once its workers run, numba refuses another value at
+    # the next compile, so a later cell keeps the count the first numba cell started with
+    names = [k for k in THREAD_VARS if not (k == "NUMBA_NUM_THREADS" and numba_thread_count_fixed())]
+    saved_env = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: str(threads) for k in names})
     torch = None
     if "torch" in sys.modules or backend in ("auto", "torch"):
         try:
@@ -53,6 +58,8 @@ def thread_limit(threads: Optional[int], backend: str) -> Iterator[None]:
         if torch is not None and saved_torch is not None:
             torch.set_num_threads(saved_torch)
         for k, v in saved_env.items():
+            if k == "NUMBA_NUM_THREADS" and numba_thread_count_fixed():
+                continue  # numba loaded during the cell and started its workers with this value
             if v is None:
                 os.environ.pop(k, None)
             else:
