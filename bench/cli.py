@@ -156,7 +156,7 @@ def register(subparsers: Any) -> None:
         description="Runs the layer and the model benchmark --runs times (separate processes) and writes "
                     "min / median / max of each figure to OUT/cpu-speed.{md,json}, into the README between its "
                     "speed-table markers, and into the figures the auto backend policy ranks by "
-                    "(convnn/cpu_figures.json). About 7 minutes a run on a 2-core machine.")
+                    "(convnn/cpu_figures.json). About 4 minutes a run on a 2-core machine.")
     readme.add_argument("--runs", type=int, default=3, help="separate runs of each benchmark (default 3)")
     readme.add_argument("--threads", type=int, default=2, help="CPU threads for every library (default 2)")
     readme.add_argument("--backends", default="numba,torch,jax", help="backends to measure (default numba,torch,jax)")
