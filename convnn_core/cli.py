@@ -62,7 +62,9 @@ def _devices() -> list[str]:
 
     from .registry import BACKENDS, cuda_visible
 
-    out = [f"cpu: {os.cpu_count()} cores"]
+    from .thread_policy import describe
+
+    out = [f"cpu: {os.cpu_count()} cores; thread pools: {describe()}"]
     cuda, why = cuda_visible()
     on_cuda = [n for n, p in BACKENDS.items() if "cuda" in p.devices]
     out.append(f"cuda: {why}" + (f" (backends that run there: {', '.join(on_cuda)})" if cuda and on_cuda else ""))
