@@ -103,3 +103,21 @@ def test_import_sets_sleeping_thread_pool_defaults_unless_the_user_chose(preset:
     late = subprocess.run([sys.executable, "-c", "import numpy, convnn.thread_policy as t; print(t.describe())"],
                           env=env, capture_output=True, text=True, check=True).stdout
     assert "not affected: numpy" in late
+
+
+def test_many_small_chunks_give_what_one_chunk_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked full-taps forward and backward (rho included) do not depend on where the chunks split."""
+    from convnn import ConvNNConfig
+    import convnn.backends.numba.primitives as primitives
+
+    be = NumbaBackend()
+    rng = np.random.default_rng(4)
+    params = {"x": rng.standard_normal((5, 16, 6, 6)), "w": rng.standard_normal((8, 16, 9))}
+    cfg = ConvNNConfig(k=9, weighting="softmax")
+    grad = be.value_and_grad(lambda p: be.np.sum(be.convnn2d(p["x"], p["w"], None, cfg) ** 2))
+    value, grads = grad(params)
+    monkeypatch.setattr(primitives, "GATHER_CHUNK_BYTES", 4096)  # 64-row chunks: 180 rows in 3
+    value_small, grads_small = grad(params)
+    np.testing.assert_allclose(value_small, value, rtol=1e-13)
+    for name in params:
+        np.testing.assert_allclose(grads_small[name], grads[name], rtol=1e-12, atol=1e-12)

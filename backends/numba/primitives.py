@@ -6,7 +6,7 @@ Everything around them (padding, coordinates, projections, softmax) is autograd 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from autograd.extend import defvjp_argnums, primitive
@@ -144,33 +144,36 @@ def _gather_full(values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: 
         with parallel_region():
             gather_kernels.gather_full(values, idx, rho, has_rho, w2t, min(rows, per_thread), out)
         return
+    for row0, rows in _gathered_chunks(values, idx, rho, has_rho, kc, n_rows):
+        np.dot(rows, w2t, out=out[row0:row0 + rows.shape[0]])
+
+
+def _gathered_chunks(values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: bool, kc: int,
+                     n_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, gathered rows [n, K*C]) chunk by chunk, about GATHER_CHUNK_BYTES each, in one reused buffer."""
     chunk = max(64, GATHER_CHUNK_BYTES // (kc * values.itemsize))
     buf = np.empty((min(chunk, n_rows), kc), dtype=values.dtype)
     for row0 in range(0, n_rows, chunk):
         n = min(chunk, n_rows - row0)
         with parallel_region():
             gather_kernels.gather_rows(values, idx, rho, has_rho, row0, max(1, min(n // 16, 256)), buf[:n])
-        np.dot(buf[:n], w2t, out=out[row0:row0 + n])
+        yield row0, buf[:n]
 
 
 def _gather_full_grad(dy: np.ndarray, values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: bool,
                       w2t: np.ndarray, scatter: bool, n_split: int, dvalues: np.ndarray, drho: np.ndarray) -> np.ndarray:
     """dw2t [K*C, O] of _gather_full, and (when scatter) dvalues and drho added to, chunk by chunk:
     gather a chunk (numba), dw2t += chunk^T @ dy and dchunk = dy @ w2t^T (BLAS), scatter dchunk (numba)."""
-    n_rows, kc = dy.shape[0], w2t.shape[0]
-    chunk = max(64, GATHER_CHUNK_BYTES // (kc * values.itemsize))
-    buf = np.empty((min(chunk, n_rows), kc), dtype=values.dtype)
-    dbuf = np.empty_like(buf) if scatter else buf
     dw2t = np.zeros(w2t.shape, dtype=values.dtype)
-    for row0 in range(0, n_rows, chunk):
-        rows = min(chunk, n_rows - row0)
-        with parallel_region():
-            gather_kernels.gather_rows(values, idx, rho, has_rho, row0, max(1, min(rows // 16, 256)), buf[:rows])
-        dw2t += np.dot(buf[:rows].T, dy[row0:row0 + rows])
+    dbuf = None
+    for row0, rows in _gathered_chunks(values, idx, rho, has_rho, w2t.shape[0], dy.shape[0]):
+        dy_rows = dy[row0:row0 + rows.shape[0]]
+        dw2t += np.dot(rows.T, dy_rows)
         if scatter:
-            np.dot(dy[row0:row0 + rows], w2t.T, out=dbuf[:rows])
+            dbuf = np.empty_like(rows) if dbuf is None else dbuf[:rows.shape[0]]
+            np.dot(dy_rows, w2t.T, out=dbuf)
             with parallel_region():
-                gather_kernels.scatter_rows(dbuf[:rows], values, idx, rho, has_rho, row0, n_split, dvalues, drho)
+                gather_kernels.scatter_rows(dbuf, values, idx, rho, has_rho, row0, n_split, dvalues, drho)
     return dw2t
 
 
