@@ -33,8 +33,14 @@ def tree_items(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def tree_with_leaves(tree: Any, leaves: Any) -> Any:
-    """tree's structure holding `leaves` (in tree_leaves order) in place of its own: rebuilds what tree_leaves took apart."""
+    """tree's structure holding `leaves` (in tree_leaves order) in place of its own: the inverse of tree_leaves."""
     source = iter(leaves)
+
+    def take() -> Any:
+        leaf = next(source, _END)
+        if leaf is _END:
+            raise ValueError("leaves: fewer leaves than the tree has")
+        return leaf
 
     def build(node: Any) -> Any:
         if isinstance(node, dict):
@@ -44,7 +50,7 @@ def tree_with_leaves(tree: Any, leaves: Any) -> Any:
             return type(node)(build(t) for t in node)
         if node is None:
             return None
-        return next(source)
+        return take()
 
     out = build(tree)
     if next(source, _END) is not _END:

@@ -56,6 +56,8 @@ def test_tree_with_leaves_round_trip_and_errors() -> None:
     assert all(x is y for x, y in zip(tree_leaves(rebuilt), tree_leaves(tree)))
     with pytest.raises(ValueError, match="more leaves"):
         tree_with_leaves(tree, tree_leaves(tree) + [np.zeros(1)])
+    with pytest.raises(ValueError, match="fewer leaves"):
+        tree_with_leaves(tree, tree_leaves(tree)[:-1])
 
 
 def test_per_leaf_gradients_equal_autograds_and_never_alias() -> None:
