@@ -127,14 +127,17 @@ class AdamW:
         return {"step": np.asarray(0, dtype=np.int64), "m": zeros,
                 "v": tree_map(lambda z: z.copy(), zeros)}
 
+    def step_coefficients(self, state: Mapping[str, Any]) -> tuple[int, float, float]:
+        """(the new step count, lr / (1 - b1^step), sqrt(1 - b2^step)): the bias corrections of this step."""
+        b1, b2 = self.betas
+        step = int(state["step"]) + 1
+        return step, self.lr / (1.0 - b1 ** step), math.sqrt(1.0 - b2 ** step)
+
     def update(self, grads: Any, state: Mapping[str, Any], params: Any) -> tuple[Any, dict]:
         """One AdamW step; returns (new params, new state)."""
         b1, b2 = self.betas
         lr, wd, eps = self.lr, self.weight_decay, self.eps
-        step = int(state["step"]) + 1
-        bc1 = 1.0 - b1 ** step
-        bc2_sqrt = math.sqrt(1.0 - b2 ** step)
-        step_size = lr / bc1
+        step, step_size, bc2_sqrt = self.step_coefficients(state)
 
         def moment1(g: Any, m: Any) -> Any:
             g = np.asarray(_value(g))

@@ -32,8 +32,8 @@ def _gather_tile(values, idx, rho, has_rho, row0, rows, out):
                 c0 = h * ch
                 dst = out[r, base + c0:base + c0 + ch]
                 src = values[b, t, c0:c0 + ch]
-                w = rho[b, h, i, k] if has_rho else 1.0
                 if has_rho:
+                    w = rho[b, h, i, k]
                     for c in range(ch):
                         dst[c] = w * src[c]
                 else:

@@ -5,7 +5,6 @@ to the parameter's dtype first, as NumPy does with Python scalars), so the two a
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -46,9 +45,7 @@ class NumbaAdamW(AdamW):
         """One AdamW step; returns (new params, new state). Leaves with mixed dtypes take the NumPy path."""
         b1, b2 = self.betas
         lr, wd, eps = self.lr, self.weight_decay, self.eps
-        step = int(state["step"]) + 1
-        bc2_sqrt = math.sqrt(1.0 - b2 ** step)
-        step_size = lr / (1.0 - b1 ** step)
+        step, step_size, bc2_sqrt = self.step_coefficients(state)
         leaves = [np.asarray(_value(x)) for x in tree_leaves(params)]
         g_leaves = [np.asarray(_value(x)) for x in tree_leaves(grads)]
         m_leaves, v_leaves = tree_leaves(state["m"]), tree_leaves(state["v"])
