@@ -1,5 +1,6 @@
-"""The numba selection's fast paths (block skip, floor, large row blocks) against a brute-force rank with the
-lower-index tie rule: random inputs, all-equal affinities, K near the candidate count, candidate subsets, heads."""
+"""The numba selection's fast paths (block skip, floor, large row blocks, the symmetric one-image-per-thread kernel)
+against a brute-force rank with the lower-index tie rule: random inputs, all-equal affinities, K near the candidate
+count, candidate subsets, heads, all-zero rows. Every test runs on both selection kernels where they apply."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,15 @@ import pytest
 
 pytest.importorskip("numba")
 
-from convnn.backends.numba import select_kernels  # noqa: E402
+from convnn.backends.numba import primitives, select_kernels, self_select_kernels  # noqa: E402
 from convnn.backends.numba.primitives import select_indices  # noqa: E402
+
+
+@pytest.fixture(autouse=True, params=["row-blocks", "symmetric"])
+def kernel(request, monkeypatch):
+    """Run each test with the symmetric kernel taken whenever it applies, then with it never taken."""
+    monkeypatch.setattr(primitives, "SELF_SELECT_ITEMS_PER_THREAD", 0 if request.param == "symmetric" else 10 ** 9)
+    return request.param
 
 
 def _affinities(q: np.ndarray, kf: np.ndarray, metric: str) -> np.ndarray:
@@ -119,3 +127,71 @@ def test_clamped_cosine_does_not_displace_an_earlier_tie():
             select_kernels._top_slots(row, cand, -1, False, 2, vals, ids, 0, 0.0, row, 1.0)
         assert ids.tolist() == [0, 1]
         assert vals.tolist() == [1.0, 1.0]
+
+
+def _spy_symmetric(monkeypatch) -> list:
+    calls = []
+    real = self_select_kernels.select_self
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(self_select_kernels, "select_self", spy)
+    return calls
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("self_first", [True, False])
+@pytest.mark.parametrize("k", [9, 40])  # 40: more than a row's positive affinities, so zeros enter the top-K
+def test_zero_rows_padding_and_zero_queries(kernel, metric, self_first, k, monkeypatch):
+    """A zero-padded map: padding and all-zero queries have affinity exactly 0 with every token, and rows on
+    disjoint channel groups exactly 0 with each other, so the lowest tokens must win those ties."""
+    calls = _spy_symmetric(monkeypatch)
+    rng = np.random.default_rng(11)
+    inner = rng.standard_normal((3, 12, 12, 8))
+    group = rng.integers(0, 2, (3, 12, 12, 1))
+    inner *= np.where(np.arange(8) < 4, group == 0, group == 1)  # each row on channels 0-3 or 4-7 only
+    inner *= rng.random((3, 12, 12, 1)) > 0.25  # a quarter of the rows all zero
+    grid = np.zeros((3, 14, 14, 8))
+    grid[:, 1:-1, 1:-1] = inner
+    x = grid.reshape(3, 196, 8)
+    queries = (np.arange(1, 13)[:, None] * 14 + np.arange(1, 13)[None]).ravel()  # the interior tokens
+    got = _select(x, queries, np.arange(196), 1, metric, k, self_first)
+    np.testing.assert_array_equal(got, _expected(x, queries, np.arange(196), 1, metric, k, self_first))
+    assert len(calls) == (1 if kernel == "symmetric" else 0)
+
+
+def test_symmetric_kernel_equals_row_blocks_on_float32_maps(monkeypatch):
+    """The VGG case (float32, padded 20x20 map, K=9, several block rows): both kernels give the same indices."""
+    rng = np.random.default_rng(12)
+    grid = np.zeros((4, 22, 22, 16), dtype=np.float32)
+    grid[:, 1:-1, 1:-1] = np.maximum(rng.standard_normal((4, 20, 20, 16)), 0.0)
+    x = grid.reshape(4, 484, 16)
+    queries = (np.arange(1, 21)[:, None] * 22 + np.arange(1, 21)[None]).ravel()
+    calls = _spy_symmetric(monkeypatch)
+    both = {}
+    for items in (0, 10 ** 9):
+        monkeypatch.setattr(primitives, "SELF_SELECT_ITEMS_PER_THREAD", items)
+        both[items] = _select(x, queries, np.arange(484), 1, "cosine", 9, True)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(both[0], both[10 ** 9])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("self_first", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_select_with_affinity_scores_the_slots_it_returns(kernel, metric, self_first, dtype):
+    """The affinities that come with the indices (from the symmetric kernel's scan, or scored afterwards) are the
+    slots' affinities, zero queries and the self slot included."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 150, 8)).astype(dtype)
+    x[:, ::7] = 0.0  # zero rows among queries and candidates
+    queries = np.arange(0, 150, 2)
+    rows = np.broadcast_to(np.arange(150)[None], (2, 150))
+    idx, aff = primitives.select_with_affinity(x, queries, x, rows, queries, 2, metric, 9, self_first)
+    np.testing.assert_array_equal(idx, select_indices(x, queries, x, rows, queries, 2, metric, 9, self_first))
+    want = primitives.slot_affinity(np.ascontiguousarray(x[:, queries]), x, idx, metric)
+    assert aff.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(aff, want, rtol=tol, atol=tol)

@@ -107,3 +107,22 @@ def test_explain_names_the_selection_path(monkeypatch):
     assert "passed over selection by the numba streaming top-K kernel: CONVNN_TORCH_NO_NUMBA=1" in text
     text = explain("convnn2d", ConvNNConfig(select="position", metric="euclidean"), backend="torch", dtype="float32")
     assert "grid distance" in text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_queries_from_the_keys_take_the_symmetric_kernel(monkeypatch, dtype):
+    """A layer whose queries are its own tokens selects through the numba symmetric kernel, with the indices
+    (hence outputs) of the row-block kernel."""
+    from convnn.backends.numba import primitives, self_select_kernels
+
+    calls = []
+    real = self_select_kernels.select_self
+    monkeypatch.setattr(self_select_kernels, "select_self", lambda *a: calls.append(1) or real(*a))
+    x = torch.relu(torch.randn(4, 8, 9, 10, dtype=dtype, generator=torch.Generator().manual_seed(4)))
+    w = torch.randn(8, 8, 9, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    outs = []
+    for items in (0, 10 ** 9):
+        monkeypatch.setattr(primitives, "SELF_SELECT_ITEMS_PER_THREAD", items)
+        outs.append(get_backend("torch").convnn2d(x, w, None, ConvNNConfig()))
+    assert calls == [1]
+    assert torch.equal(outs[0], outs[1])

@@ -27,25 +27,30 @@ def usable(device: str, dtype: Any, grid: Any) -> bool:
     return not numba_select_blockers(device, jnp.dtype(dtype).name, grid is not None)
 
 
-def _host_select(q: np.ndarray, keys: np.ndarray, rows: np.ndarray, queries: np.ndarray, *, heads: int, metric: str,
-                 k: int, self_first: bool, out_dtype: Any) -> np.ndarray:
-    """idx [B, H, Nq, K] from the numba kernel (runs on the host, outside the traced program)."""
+def _host_select(q: Optional[np.ndarray], keys: np.ndarray, rows: np.ndarray, queries: np.ndarray, *, heads: int,
+                 metric: str, k: int, self_first: bool, out_dtype: Any) -> np.ndarray:
+    """idx [B, H, Nq, K] from the numba kernel (runs on the host, outside the traced program); q None: the
+    queries are the keys' own rows, which the kernel may score by one symmetric product per image."""
     from convnn.backends.numba.primitives import select_indices
 
-    q = np.asarray(q)
-    keys = np.asarray(keys, dtype=q.dtype)
+    keys = np.ascontiguousarray(keys) if q is None else np.asarray(keys, dtype=np.asarray(q).dtype)
     rows = np.asarray(rows, dtype=np.int64)
     if rows.shape[0] != keys.shape[0]:
         rows = np.broadcast_to(rows, (keys.shape[0], rows.shape[1]))
-    idx = select_indices(q, np.arange(q.shape[1], dtype=np.int64), keys, rows, np.asarray(queries, np.int64),
-                         heads, metric, k, self_first)
+    qtok = np.asarray(queries, np.int64)
+    if q is None:
+        idx = select_indices(keys, qtok, keys, rows, qtok, heads, metric, k, self_first)
+    else:
+        q = np.asarray(q)
+        idx = select_indices(q, np.arange(q.shape[1], dtype=np.int64), keys, rows, qtok, heads, metric, k, self_first)
     return idx.astype(out_dtype, copy=False)
 
 
-def select(q: jnp.ndarray, keys: jnp.ndarray, queries: np.ndarray, cand: Optional[jnp.ndarray], *, heads: int,
-           metric: str, k: int, self_first: bool) -> jnp.ndarray:
-    """idx [B, H, Nq, K] in rank order; q [B, Nq, D] query features, keys [B, N, D], cand None / [S] / [B, S]."""
-    b, nq = q.shape[0], q.shape[1]
+def select(q: Optional[jnp.ndarray], keys: jnp.ndarray, queries: np.ndarray, cand: Optional[jnp.ndarray], *,
+           heads: int, metric: str, k: int, self_first: bool) -> jnp.ndarray:
+    """idx [B, H, Nq, K] in rank order; q [B, Nq, D] query features (None: keys' rows at queries), keys [B, N, D],
+    cand None / [S] / [B, S]."""
+    b, nq = keys.shape[0], len(queries)
     out = index_dtype()
     if cand is None:
         rows = jnp.arange(keys.shape[1], dtype=out)[None]
@@ -55,9 +60,9 @@ def select(q: jnp.ndarray, keys: jnp.ndarray, queries: np.ndarray, cand: Optiona
         rows = cand.astype(out)
     spec = jax.ShapeDtypeStruct((b, heads, nq, k), out)
 
-    def host(qh: np.ndarray, kh: np.ndarray, rh: np.ndarray) -> np.ndarray:
-        return _host_select(qh, kh, rh, queries, heads=heads, metric=metric, k=k, self_first=self_first,
-                            out_dtype=np.dtype(out))
+    def host(kh: np.ndarray, rh: np.ndarray, *qh: np.ndarray) -> np.ndarray:
+        return _host_select(qh[0] if qh else None, kh, rh, queries, heads=heads, metric=metric, k=k,
+                            self_first=self_first, out_dtype=np.dtype(out))
 
-    return jax.pure_callback(host, spec, jax.lax.stop_gradient(q), jax.lax.stop_gradient(keys), rows,
-                             **VMAP_KW)
+    extra = () if q is None else (jax.lax.stop_gradient(q),)
+    return jax.pure_callback(host, spec, jax.lax.stop_gradient(keys), rows, *extra, **VMAP_KW)

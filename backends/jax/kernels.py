@@ -209,11 +209,12 @@ class JaxKernels(KernelsBase):
         check_grid(grid, metric, heads)
         b = keys.shape[0]
         keys = lax.stop_gradient(keys)
-        q = query_rows(keys, queries) if query_feats is None else lax.stop_gradient(query_feats)
         if cpu_select.usable(self.device, keys.dtype, grid):
             c = None if cand is None else jnp.asarray(cand)
-            return cpu_select.select(q, keys, np.asarray(queries), c, heads=heads, metric=metric, k=k,
+            qf = None if query_feats is None else lax.stop_gradient(query_feats)
+            return cpu_select.select(qf, keys, np.asarray(queries), c, heads=heads, metric=metric, k=k,
                                      self_first=self_first)
+        q = query_rows(keys, queries) if query_feats is None else lax.stop_gradient(query_feats)
         kh, qh = split_heads(keys, heads), split_heads(q, heads)
         qtok = jnp.asarray(queries, dtype=index_dtype())
         cand = head_candidates(None if cand is None else cand.astype(qtok.dtype), heads)

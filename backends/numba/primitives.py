@@ -15,7 +15,7 @@ from autograd.tracer import getval
 from convnn.grid import Grid
 from convnn.kernels import METRIC_CODES
 
-from . import gather_kernels, select_kernels, slot_kernels
+from . import gather_kernels, select_kernels, self_select_kernels, slot_kernels
 from .threads import current_threads, parallel_region
 
 _NO_RHO = {np.dtype(np.float32): np.ones((1, 1, 1, 1), np.float32),
@@ -35,6 +35,26 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
     """Neighbour token indices [B, H, Nq, K] in rank order for the queries q[:, q_rows] (no gradient:
     indices are piecewise constant); queries are the query rows' token indices (for self_first and the
     grid, whose exact coordinate part joins the euclidean distance: SPEC section 4, step 1)."""
+    return _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, grid, None)[0]
+
+
+def select_with_affinity(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray,
+                         heads: int, metric: str, k: int, self_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """select_indices and the selected slots' affinities [B, H, Nq, K]: from the symmetric kernel's own scan
+    when it runs, else scored afresh by slot_affinity."""
+    aff = np.empty((q.shape[0], heads, len(q_rows), k), dtype=getval(q).dtype)
+    idx, filled = _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, None, aff)
+    if not filled:
+        qc, rows = _c(q), _c(q_rows, np.int64)
+        every_row = rows.shape[0] == qc.shape[1] and np.array_equal(rows, np.arange(qc.shape[1]))
+        aff = slot_affinity(qc if every_row else _c(qc[:, rows]), kf, idx, metric)
+    return idx, aff
+
+
+def _select(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray, heads: int,
+            metric: str, k: int, self_first: bool, grid: Optional[Grid], aff: Optional[np.ndarray]
+            ) -> tuple[np.ndarray, bool]:
+    """(indices, whether aff, when given, was filled with the slots' affinities)."""
     q = _c(q)
     kf = q if kf is q else _c(kf, q.dtype)
     q_rows = _c(q_rows, np.int64)
@@ -43,6 +63,13 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
     b, nq = q.shape[0], q_rows.shape[0]
     slots = k - 1 if self_first else k
     out = np.empty((b, heads, nq, k), dtype=np.int64)
+    if grid is None and kf is q and _queries_among_all_tokens(q_rows, cand, queries, q.shape[1], metric, b * heads,
+                                                              slots):
+        want_aff = aff is not None
+        with parallel_region():
+            self_select_kernels.select_self(q, queries, heads, METRIC_CODES[metric], slots, bool(self_first), out,
+                                            want_aff, aff if want_aff else np.empty((0, 0, 0, 0), q.dtype))
+        return out, want_aff
     rows = select_kernels.rows_per_block(nq, cand.shape[1])
     if grid is None:
         gshape = gmult = np.zeros(0, dtype=np.int64)
@@ -54,7 +81,22 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
     with parallel_region():
         select_kernels.select_topk(q, q_rows, kf, cand, queries, heads, METRIC_CODES[metric], slots,
                                    bool(self_first), rows, grid is not None, gshape, gmult, gscale, out)
-    return out
+    return out, False
+
+
+SELF_SELECT_ITEMS_PER_THREAD = 1  # images x heads per thread at least, for the one-image-per-thread symmetric kernel
+SELF_SELECT_MAX_QUERIES = 4096  # its kept upper half grows as Nq^2: 32 MiB per thread in float32 at this size
+
+
+def _queries_among_all_tokens(q_rows: np.ndarray, cand: np.ndarray, queries: np.ndarray, n_tokens: int, metric: str,
+                              items: int, slots: int) -> bool:
+    """Whether self_select_kernels applies: cosine or dot, every token a candidate, the query rows their own
+    tokens in ascending order, enough images (one per thread) to keep every thread busy, and a map small
+    enough for the kept half of its affinities."""
+    return (metric in ("cosine", "dot") and slots > 0 and items >= SELF_SELECT_ITEMS_PER_THREAD * current_threads()
+            and queries.shape[0] <= SELF_SELECT_MAX_QUERIES
+            and np.array_equal(q_rows, queries) and bool(np.all(np.diff(queries) > 0))
+            and cand.shape[1] == n_tokens and bool(np.all(cand == np.arange(n_tokens))))
 
 
 # ----------------------------------------------------------------------------- slot affinities

@@ -27,13 +27,18 @@ def rows_per_block(n_query: int, n_cand: int) -> int:
 
 @njit(cache=True)
 def _insert(v, tok, count, slots, vals, ids):
-    """Put (v, tok) into the descending queue vals/ids after every entry >= v; return the new count."""
-    if count < slots:
+    """Put (v, tok) into the queue vals/ids, kept in rank order (larger affinity first, then lower token), when it
+    ranks above the last entry of a full queue; return the new count. The order candidates arrive in does not
+    matter; the scans below offer them in ascending token order, so a tie with the K-th never enters."""
+    if count == slots:
+        last = vals[slots - 1]
+        if v < last or (v == last and tok > ids[slots - 1]):
+            return count
+        pos = slots - 1
+    else:
         pos = count
         count += 1
-    else:
-        pos = slots - 1
-    while pos > 0 and vals[pos - 1] < v:
+    while pos > 0 and (vals[pos - 1] < v or (vals[pos - 1] == v and ids[pos - 1] > tok)):
         vals[pos] = vals[pos - 1]
         ids[pos] = ids[pos - 1]
         pos -= 1

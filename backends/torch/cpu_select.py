@@ -33,13 +33,14 @@ def _candidate_rows(cand: Optional[torch.Tensor], batch: int, n_tokens: int) -> 
 
 
 def select_topk(query_feats: torch.Tensor, key_feats: torch.Tensor, queries: Optional[torch.Tensor],
-                cand: Optional[torch.Tensor], k: int, metric: str,
-                self_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(idx [B, Nq, K] int64, affinities [B, Nq, K]) in rank order: the contract of ops.select_topk."""
+                cand: Optional[torch.Tensor], k: int, metric: str, self_first: bool,
+                queries_are_keys: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx [B, Nq, K] int64, affinities [B, Nq, K]) in rank order: the contract of ops.select_topk.
+    queries_are_keys: the query rows are key_feats' own, so the kernel may take its symmetric path."""
     import numba
 
     from convnn.backends.numba import threads
-    from convnn.backends.numba.primitives import select_indices, slot_affinity
+    from convnn.backends.numba.primitives import select_with_affinity
 
     threads.configure(max(1, min(torch.get_num_threads(), int(numba.config.NUMBA_NUM_THREADS))))
     q = query_feats.detach().contiguous().numpy()
@@ -48,6 +49,8 @@ def select_topk(query_feats: torch.Tensor, key_feats: torch.Tensor, queries: Opt
     qids = (np.arange(nq, dtype=np.int64) if queries is None
             else queries.detach().to(torch.int64).contiguous().numpy())
     rows = _candidate_rows(cand, b, kf.shape[1])
-    idx = select_indices(q, np.arange(nq, dtype=np.int64), kf, rows, qids, 1, metric, k, self_first)
-    aff = slot_affinity(q, kf, idx, metric)
+    if queries_are_keys:  # the same rows, read from the keys: what the numba backend passes
+        idx, aff = select_with_affinity(kf, qids, kf, rows, qids, 1, metric, k, self_first)
+    else:
+        idx, aff = select_with_affinity(q, np.arange(nq, dtype=np.int64), kf, rows, qids, 1, metric, k, self_first)
     return torch.from_numpy(idx[:, 0]), torch.from_numpy(np.ascontiguousarray(aff[:, 0]))

@@ -169,7 +169,7 @@ class TorchKernels(KernelsBase):
             if cand.ndim == 2 and heads > 1:
                 cand = cand[:, None, :].expand(b, heads, cand.shape[-1]).reshape(b * heads, cand.shape[-1])
         idx, aff = ops.select_topk(split_heads(qf, heads), split_heads(keys, heads), q_tok, cand, k, metric,
-                                   self_first, *grid_args(grid))
+                                   self_first, *grid_args(grid), queries_are_keys=query_feats is None)
         idx = idx.view(b, heads, idx.shape[1], k)
         if not torch.compiler.is_compiling():
             # the affinities the top-K already computed; slot_affinity reuses them when no gradient is wanted

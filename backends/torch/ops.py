@@ -35,24 +35,27 @@ def triton_usable(t: torch.Tensor) -> bool:
 @torch.library.custom_op("convnn::select_topk", mutates_args=())
 def select_topk(query_feats: torch.Tensor, key_feats: torch.Tensor, queries: Optional[torch.Tensor],
                 cand: Optional[torch.Tensor], k: int, metric: str, self_first: bool, grid: Optional[list[int]] = None,
-                grid_scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                grid_scale: float = 0.0, queries_are_keys: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices [B, Nq, K] int64 and affinities [B, Nq, K] (float32 for half inputs) in rank order.
 
     grid (selection.grid_args: padded shape then axis weights) and grid_scale: the exact coordinate part of
-    euclidean position/blend selection (SPEC section 4, step 1), which only the eager selection computes."""
+    euclidean position/blend selection (SPEC section 4, step 1), which only the eager selection computes.
+    queries_are_keys: query_feats are key_feats' rows at queries (all rows when None), which lets the CPU
+    kernel build each image's affinities from one symmetric product."""
     if grid is None and triton_usable(query_feats):
         from . import triton_kernels
 
         if triton_kernels.select_supported(query_feats, k):
             return triton_kernels.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first)
     if cpu_select.usable(query_feats, grid):
-        return cpu_select.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first)
+        return cpu_select.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first, queries_are_keys)
     return selection.select_topk(query_feats, key_feats, queries, cand, k, metric, self_first,
                                  selection.grid_of(grid, grid_scale))
 
 
 @select_topk.register_fake
-def _select_topk_fake(query_feats, key_feats, queries, cand, k, metric, self_first, grid=None, grid_scale=0.0):
+def _select_topk_fake(query_feats, key_feats, queries, cand, k, metric, self_first, grid=None, grid_scale=0.0,
+                      queries_are_keys=False):
     b, nq = query_feats.shape[0], query_feats.shape[1]
     work = torch.float32 if query_feats.dtype in (torch.float16, torch.bfloat16) else query_feats.dtype
     return (query_feats.new_empty((b, nq, k), dtype=torch.int64), query_feats.new_empty((b, nq, k), dtype=work))
