@@ -20,6 +20,7 @@ from .threads import current_threads, parallel_region
 
 _NO_RHO = {np.dtype(np.float32): np.ones((1, 1, 1, 1), np.float32),
            np.dtype(np.float64): np.ones((1, 1, 1, 1), np.float64)}
+_NO_AFF = {dt: np.empty((0, 0, 0, 0), dt) for dt in _NO_RHO}  # the selection kernels' out_aff when none is wanted
 
 
 def contiguous(a: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
@@ -40,8 +41,8 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
 
 def select_with_affinity(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray,
                          heads: int, metric: str, k: int, self_first: bool) -> tuple[np.ndarray, np.ndarray]:
-    """select_indices and the selected slots' affinities [B, H, Nq, K]: from the symmetric kernel's own scan
-    when it runs, else scored afresh by slot_affinity."""
+    """select_indices and the selected slots' affinities [B, H, Nq, K]: from the selection scan itself where it
+    scored every slot (cosine and dot; the row-block kernel without self_first), else afresh by slot_affinity."""
     aff = np.empty((q.shape[0], heads, len(q_rows), k), dtype=getval(q).dtype)
     idx, filled = _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, None, aff)
     if not filled:
@@ -68,7 +69,7 @@ def _select(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray,
         want_aff = aff is not None
         with parallel_region():
             self_select_kernels.select_self(q, queries, heads, METRIC_CODES[metric], slots, bool(self_first), out,
-                                            want_aff, aff if want_aff else np.empty((0, 0, 0, 0), q.dtype))
+                                            want_aff, aff if want_aff else _NO_AFF[q.dtype])
         return out, want_aff
     rows = select_kernels.rows_per_block(nq, cand.shape[1])
     if grid is None:
@@ -78,10 +79,13 @@ def _select(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray,
         gshape = np.asarray(grid.shape, dtype=np.int64)
         gmult = np.asarray(grid.mult, dtype=np.int64)
         gscale = float(np.asarray(grid.scale, dtype=q.dtype))  # the constant the other backends use
+    # the scan's values are the slots' affinities, save the self slot, which it never scores
+    want_aff = aff is not None and not self_first and grid is None and metric in ("cosine", "dot")
     with parallel_region():
         select_kernels.select_topk(q, q_rows, kf, cand, queries, heads, METRIC_CODES[metric], slots,
-                                   bool(self_first), rows, grid is not None, gshape, gmult, gscale, out)
-    return out, False
+                                   bool(self_first), rows, grid is not None, gshape, gmult, gscale, out, want_aff,
+                                   aff if want_aff else _NO_AFF[q.dtype])
+    return out, want_aff
 
 
 SELF_SELECT_ITEMS_PER_THREAD = 1  # images x heads per thread at least, for the one-image-per-thread symmetric kernel

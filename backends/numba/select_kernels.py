@@ -229,8 +229,9 @@ def _top_slots_grid(row, cand_row, qtok, self_first, slots, vals, ids, qq, ksq, 
 
 @njit(parallel=True, cache=True)
 def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, block_rows, has_grid, gshape, gmult,
-                gscale, out_idx):
+                gscale, out_idx, want_aff, out_aff):
     """Rank-ordered neighbour token indices out_idx [B, H, Nq, K]: query i is row q[b, q_rows[i]], keys kf [B, N, F].
+    With want_aff (and not self_first), out_aff [B, H, Nq, K] receives the slots' affinities as the scan saw them.
 
     cand [B, S] (sorted ascending) are the candidate token indices; with self_first slot 0 is the
     query's own token queries[i] and the other slots exclude it. Channel group h of F is head h.
@@ -333,5 +334,7 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
                 out_idx[b, h, i, 0] = qtok
             for s in range(slots):
                 out_idx[b, h, i, first + s] = ids[s]
+                if want_aff:
+                    out_aff[b, h, i, first + s] = vals[s]
     return out_idx
 
