@@ -42,11 +42,14 @@ def load(**options: Any) -> Any:
     return NumbaBackend(options.get("threads"), check_inputs=options.get("check_inputs", True))
 
 
+PATH_NAME = ("numba kernels: blocked BLAS affinities (half of a symmetric product when the queries are the layer's "
+             "own tokens), streaming top-K, gather + taps in row tiles (large maps) or chunks with one BLAS call each")
+
+
 def describe_path(request: Any) -> Any:
     from convnn.kernels import PathChoice
 
-    return PathChoice("numba kernels: blocked BLAS affinities, streaming top-K, gather + taps in row tiles (large maps) "
-                      "or chunks with one BLAS call each")
+    return PathChoice(PATH_NAME)
 
 
 PLUGIN = BackendPlugin(

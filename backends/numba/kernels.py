@@ -17,7 +17,7 @@ from convnn.candidates import make_rng
 from convnn.grid import Grid, grid_distance
 from convnn.kernels import KernelsBase, check_grid
 
-from . import threads
+from . import PATH_NAME, threads
 from .primitives import gather_taps, select_indices, slot_affinity
 
 # float16/bfloat16 are refused at the pipeline's door with a TypeError naming them (the numba kernels
@@ -40,7 +40,7 @@ class NumbaKernels(KernelsBase):
     backend_name = "numba"
     device = "cpu"
     dtypes = DTYPES
-    path_name = "numba kernels: blocked BLAS affinities, streaming top-K, gather + taps GEMM per row block"
+    path_name = PATH_NAME
 
     def __init__(self, n_threads: int, check_inputs: bool = True) -> None:
         self.threads = n_threads
