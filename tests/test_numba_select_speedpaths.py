@@ -195,3 +195,17 @@ def test_select_with_affinity_scores_the_slots_it_returns(kernel, metric, self_f
     assert aff.dtype == dtype
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(aff, want, rtol=tol, atol=tol)
+
+
+def test_tiny_rows_are_not_taken_for_zero_rows(kernel):
+    """A float32 row of 1e-25s has squares that underflow to 0, yet it is not a zero row: its cosine with a
+    parallel row is 1, so it must not lose to the lowest tokens as a zero row would."""
+    x = np.zeros((2, 40, 4), dtype=np.float32)
+    x[:, 5:] = np.random.default_rng(14).standard_normal((2, 35, 4)).astype(np.float32)
+    x[:, 30] = x[:, 20] * np.float32(1e-25)
+    queries = np.arange(5, 40)
+    got = _select(x, queries, np.arange(40), 1, "dot", 3, False)
+    assert got.shape == (2, 1, 35, 3)
+    x64 = x.astype(np.float64)
+    got64 = _select(x64, queries, np.arange(40), 1, "dot", 3, False)
+    np.testing.assert_array_equal(got, got64)

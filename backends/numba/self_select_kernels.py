@@ -121,10 +121,12 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         scale = np.ones(n_tok, dtype=np.float64)
         for t in range(n_tok):
             acc = 0.0
+            any_set = False
             for f in range(fh):
                 v = kf[b, t, h * fh + f]
                 acc += v * v
-            nonzero[t] = acc > 0.0
+                any_set |= v != 0.0
+            nonzero[t] = any_set  # by its entries: the squares of tiny float32 entries underflow to 0
             if metric == 0:
                 scale[t] = 1.0 / max(math.sqrt(acc), EPS_NORM)
         n_act = 0
