@@ -36,16 +36,15 @@ def select_indices(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.n
     """Neighbour token indices [B, H, Nq, K] in rank order for the queries q[:, q_rows] (no gradient:
     indices are piecewise constant); queries are the query rows' token indices (for self_first and the
     grid, whose exact coordinate part joins the euclidean distance: SPEC section 4, step 1)."""
-    return _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, grid, None)[0]
+    return _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, grid, False)[0]
 
 
 def select_with_affinity(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray,
                          heads: int, metric: str, k: int, self_first: bool) -> tuple[np.ndarray, np.ndarray]:
     """select_indices and the selected slots' affinities [B, H, Nq, K]: from the selection scan itself where it
     scored every slot (cosine and dot; the row-block kernel without self_first), else afresh by slot_affinity."""
-    aff = np.empty((q.shape[0], heads, len(q_rows), k), dtype=getval(q).dtype)
-    idx, filled = _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, None, aff)
-    if not filled:
+    idx, aff = _select(q, q_rows, kf, cand, queries, heads, metric, k, self_first, None, True)
+    if aff is None:
         qc, rows = _c(q), _c(q_rows, np.int64)
         every_row = rows.shape[0] == qc.shape[1] and np.array_equal(rows, np.arange(qc.shape[1]))
         aff = slot_affinity(qc if every_row else _c(qc[:, rows]), kf, idx, metric)
@@ -53,9 +52,9 @@ def select_with_affinity(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand
 
 
 def _select(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray, queries: np.ndarray, heads: int,
-            metric: str, k: int, self_first: bool, grid: Optional[Grid], aff: Optional[np.ndarray]
-            ) -> tuple[np.ndarray, bool]:
-    """(indices, whether aff, when given, was filled with the slots' affinities)."""
+            metric: str, k: int, self_first: bool, grid: Optional[Grid], with_affinity: bool
+            ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(indices, the slots' affinities when asked for and the kernel that runs scores every slot, else None)."""
     q = _c(q)
     kf = q if kf is q else _c(kf, q.dtype)
     q_rows = _c(q_rows, np.int64)
@@ -66,11 +65,11 @@ def _select(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray,
     out = np.empty((b, heads, nq, k), dtype=np.int64)
     if grid is None and kf is q and _queries_among_all_tokens(q_rows, cand, queries, q.shape[1], metric, b * heads,
                                                               slots):
-        want_aff = aff is not None
+        aff = np.empty(out.shape, dtype=q.dtype) if with_affinity else None
         with parallel_region():
             self_select_kernels.select_self(q, queries, heads, METRIC_CODES[metric], slots, bool(self_first), out,
-                                            want_aff, aff if want_aff else _NO_AFF[q.dtype])
-        return out, want_aff
+                                            with_affinity, _NO_AFF[q.dtype] if aff is None else aff)
+        return out, aff
     rows = select_kernels.rows_per_block(nq, cand.shape[1])
     if grid is None:
         gshape = gmult = np.zeros(0, dtype=np.int64)
@@ -80,12 +79,13 @@ def _select(q: np.ndarray, q_rows: np.ndarray, kf: np.ndarray, cand: np.ndarray,
         gmult = np.asarray(grid.mult, dtype=np.int64)
         gscale = float(np.asarray(grid.scale, dtype=q.dtype))  # the constant the other backends use
     # the scan's values are the slots' affinities, save the self slot, which it never scores
-    want_aff = aff is not None and not self_first and grid is None and metric in ("cosine", "dot")
+    want_aff = with_affinity and not self_first and grid is None and metric in ("cosine", "dot")
+    aff = np.empty(out.shape, dtype=q.dtype) if want_aff else None
     with parallel_region():
         select_kernels.select_topk(q, q_rows, kf, cand, queries, heads, METRIC_CODES[metric], slots,
                                    bool(self_first), rows, grid is not None, gshape, gmult, gscale, out, want_aff,
-                                   aff if want_aff else _NO_AFF[q.dtype])
-    return out, want_aff
+                                   _NO_AFF[q.dtype] if aff is None else aff)
+    return out, aff
 
 
 SELF_SELECT_ITEMS_PER_THREAD = 1  # images x heads per thread at least, for the one-image-per-thread symmetric kernel

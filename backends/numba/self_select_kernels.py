@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from convnn.affinity import EPS_NORM
 
-from .select_kernels import SCAN_BLOCK, _block_maxima, _floor, _insert
+from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert
 
 BLOCK_ROWS = 128  # query rows per block row (96-192 measured the same)
 ROW_PAD = 16  # the transposed rows' stride is kept off multiples of 512 bytes: 46 -> 39 ms at VGG 32x32 (cache sets)
@@ -225,7 +225,7 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                     t = other_tok[o]
                     for f in range(fh):
                         orows[o, f] = kf[b, t, h * fh + f] * scale[t]
-                step = max(1, 262144 // max(n_other, 1))
+                step = max(1, BLOCK_ELEMENTS // n_other)
                 for i0 in range(0, n_act, step):
                     i1 = min(i0 + step, n_act)
                     tile = np.dot(rows[i0:i1], orows.T)
