@@ -187,6 +187,13 @@ class KernelsBase:
 
         return layout.pad(self.xp, x, p, lambda shape: self.zeros(shape, x))
 
+    def padded_tokens(self, x: Any, p: int) -> Any:
+        """[B, C, *S] zero-padded by p on every spatial axis, as tokens [B, N, C] (numba overrides: one pass
+        into the contiguous layout its kernels read)."""
+        from . import layout
+
+        return layout.to_tokens(self.xp, self.pad(x, p))
+
     def stage(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """How the pipeline's array part runs: fn(plan, *arrays) as it is (jax overrides: jit, plan static)."""
         return fn

@@ -381,8 +381,7 @@ def compute_nd(plan: MapPlan, x: Any, weight: Any, bias: Optional[Any], cand: An
     s, p = cfg.shuffle_scale, cfg.padding
     x = layout.unshuffle(xp, x, s)
     padded_shape = tuple(n + 2 * p for n in plan.spatial)
-    xpad = kernels.pad(x, p)
-    tokens = layout.to_tokens(xp, xpad)
+    tokens = kernels.padded_tokens(x, p)
     b, n_tokens, _ = tokens.shape
     grid = plan.grid
     coords = None

@@ -17,7 +17,7 @@ from convnn.candidates import make_rng
 from convnn.grid import Grid, grid_distance
 from convnn.kernels import KernelsBase, check_grid
 
-from . import PATH_NAME, threads
+from . import PATH_NAME, threads, token_layout
 from .primitives import gather_taps, select_indices, slot_affinity
 
 # float16/bfloat16 are refused at the pipeline's door with a TypeError naming them (the numba kernels
@@ -63,6 +63,11 @@ class NumbaKernels(KernelsBase):
 
     def pad(self, x: Any, p: int) -> Any:
         return x if p == 0 else anp.pad(x, ((0, 0), (0, 0)) + ((p, p),) * (len(x.shape) - 2), "constant")
+
+    def padded_tokens(self, x: Any, p: int) -> Any:
+        if token_layout.applies(x):
+            return token_layout.padded_tokens(x, p)
+        return super().padded_tokens(x, p)
 
     def stage(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(plan: Any, *arrays: Any) -> Any:
