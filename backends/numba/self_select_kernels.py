@@ -18,10 +18,12 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from convnn.affinity import EPS_NORM
 
-from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert
+from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, _kth_largest
+from .simd import LANES, at_least_mask, lane_max_into
 
 BLOCK_ROWS = 128  # query rows per block row (96-192 measured the same)
 ROW_PAD = 16  # the transposed rows' stride is kept off multiples of 512 bytes: 46 -> 39 ms at VGG 32x32 (cache sets)
@@ -90,6 +92,53 @@ def _collect(seg, bmax, floor, bar, offset, buf_val, buf_pos, n, blist):
             buf_val[n] = x
             buf_pos[n] = offset + j
             n += 1 if x >= bar else 0
+    return n
+
+
+@njit(cache=True)
+def _lane_maxima(seg, acc):
+    """acc[l] = max(acc[l], every entry of seg at a position congruent to l mod LANES): whole vectors, then the
+    tail. Lanes are disjoint sets of entries, so the need-th largest lane max has need entries at or above it."""
+    n_vec = seg.shape[0] // LANES
+    for v in range(n_vec):
+        lane_max_into(acc, seg, v * LANES)
+    for j in range(n_vec * LANES, seg.shape[0]):
+        lane = j - n_vec * LANES
+        acc[lane] = acc[lane] if acc[lane] > seg[j] else seg[j]
+
+
+@njit(cache=True)
+def _at_least(seg, bar, offset, buf_val, buf_pos, n):
+    """Append the entries of seg at or above bar to buf_val / buf_pos (position offset + j) from n on; return
+    the new n. Four vector compares make one 64-bit mask, whose set bits are visited (few pass: about 12 of
+    1,024 at K=9), so a row costs one compare per vector and one branch per 64 entries plus one per entry kept."""
+    size = seg.shape[0]
+    n_vec = size // LANES
+    n_word = n_vec // 4
+    for w in range(n_word):
+        j0 = w * 4 * LANES
+        m = (at_least_mask(seg, j0, bar) | (at_least_mask(seg, j0 + LANES, bar) << np.uint64(LANES))
+             | (at_least_mask(seg, j0 + 2 * LANES, bar) << np.uint64(2 * LANES))
+             | (at_least_mask(seg, j0 + 3 * LANES, bar) << np.uint64(3 * LANES)))
+        while m:
+            j = j0 + np.int64(trailing_zeros(m))
+            buf_val[n] = seg[j]
+            buf_pos[n] = offset + j
+            n += 1
+            m &= m - np.uint64(1)
+    for v in range(n_word * 4, n_vec):
+        m = at_least_mask(seg, v * LANES, bar)
+        while m:
+            j = v * LANES + np.int64(trailing_zeros(m))
+            buf_val[n] = seg[j]
+            buf_pos[n] = offset + j
+            n += 1
+            m &= m - np.uint64(1)
+    for j in range(n_vec * LANES, size):
+        if seg[j] >= bar:
+            buf_val[n] = seg[j]
+            buf_pos[n] = offset + j
+            n += 1
     return n
 
 
@@ -177,6 +226,10 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         self_aff = np.zeros(n_act, dtype=np.float64)  # each active row's affinity with itself
         gmax = np.empty(2 * slots + 2, dtype=np.float64)
         work = np.empty(slots + 1, dtype=np.float64)
+        need = slots + 1 if self_first else slots  # entries at or above the floor, the self entry among them
+        by_lanes = need <= LANES
+        acc = np.empty(LANES, dtype=kf.dtype)
+        lane_work = np.empty(need + 1, dtype=kf.dtype)
         bmax = np.empty((n_tok + SCAN_BLOCK - 1) // SCAN_BLOCK, dtype=np.float64)
         blist = np.empty(bmax.shape[0], dtype=np.int64)
         if slots > 0 and n_act > 0:
@@ -209,12 +262,21 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                     i = i0 + rr
                     lft = left[rr * ld:rr * ld + i0]
                     self_aff[i] = _transform(tile[rr, rr], metric, inv_scale)
-                    _block_maxima(lft, metric, inv_scale, bmax[:nl])
-                    _block_maxima(tile[rr], metric, inv_scale, bmax[nl:nl + nr])
-                    floor = _floor(bmax[:nl + nr], slots + 1 if self_first else slots, gmax, work)
-                    bar = _raw_bound(floor, metric, inv_scale)
-                    n_buf = _collect(lft, bmax[:nl], floor, bar, 0, buf_val, buf_pos, 0, blist)
-                    n_buf = _collect(tile[rr], bmax[nl:nl + nr], floor, bar, i0, buf_val, buf_pos, n_buf, blist)
+                    if by_lanes:  # the floor from LANES lane maxima, then one vector compare per LANES entries
+                        acc[:] = -np.inf
+                        _lane_maxima(lft, acc)
+                        _lane_maxima(tile[rr], acc)
+                        floor = _transform(np.float64(_kth_largest(acc, need, lane_work)), metric, inv_scale)
+                        bar = _raw_bound(floor, metric, inv_scale)
+                        n_buf = _at_least(lft, bar, 0, buf_val, buf_pos, 0)
+                        n_buf = _at_least(tile[rr], bar, i0, buf_val, buf_pos, n_buf)
+                    else:
+                        _block_maxima(lft, metric, inv_scale, bmax[:nl])
+                        _block_maxima(tile[rr], metric, inv_scale, bmax[nl:nl + nr])
+                        floor = _floor(bmax[:nl + nr], need, gmax, work)
+                        bar = _raw_bound(floor, metric, inv_scale)
+                        n_buf = _collect(lft, bmax[:nl], floor, bar, 0, buf_val, buf_pos, 0, blist)
+                        n_buf = _collect(tile[rr], bmax[nl:nl + nr], floor, bar, i0, buf_val, buf_pos, n_buf, blist)
                     c = 0
                     for e in range(n_buf):  # in token order: a tie with the K-th never enters
                         v = _transform(buf_val[e], metric, inv_scale)
