@@ -8,12 +8,12 @@ import pytest
 pytest.importorskip("numba")
 from numba import njit  # noqa: E402
 
-from convnn.backends.numba.simd import LANES, at_least_mask, lane_max_into  # noqa: E402
+from convnn.backends.numba.simd import LANES, at_least_each_mask, at_least_mask, lane_max_into  # noqa: E402
 
 
 @njit(cache=False)
-def _lane_max(acc, src, idx):
-    lane_max_into(acc, src, idx)
+def _lane_max(acc, acc_idx, src, idx):
+    lane_max_into(acc, acc_idx, src, idx)
     return acc
 
 
@@ -32,9 +32,10 @@ def test_lane_max_into_is_the_lane_wise_max_at_any_offset(dtype):
     src = rng.standard_normal(3 * LANES + 5).astype(dtype)
     src[7] = -np.inf
     for idx in (0, 5, 2 * LANES + 5):
-        acc = rng.standard_normal(LANES).astype(dtype)
-        want = np.maximum(acc, src[idx:idx + LANES])
-        np.testing.assert_array_equal(_lane_max(acc.copy(), src, idx), want)
+        acc = rng.standard_normal(LANES + 3).astype(dtype)
+        want = acc.copy()
+        want[3:] = np.maximum(acc[3:], src[idx:idx + LANES])
+        np.testing.assert_array_equal(_lane_max(acc.copy(), 3, src, idx), want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -56,3 +57,18 @@ def test_a_float64_bar_between_float32_values_loses_no_entry():
     for bar in (float(x), float(x) + 1e-12, float(above) - 1e-12, float(above)):
         kept = _bits(int(_mask(src, 0, bar)))
         assert all(k for k, v in zip(kept, src) if float(v) >= bar)
+
+
+@njit(cache=False)
+def _each(src, idx, bars, bidx):
+    return at_least_each_mask(src, idx, bars, bidx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_at_least_each_mask_compares_entry_by_entry(dtype):
+    rng = np.random.default_rng(2)
+    src = rng.standard_normal(LANES + 4).astype(dtype)
+    bars = rng.standard_normal(LANES + 2).astype(dtype)
+    bars[5] = src[4 + 5]  # a tie
+    assert _bits(int(_each(src, 4, bars, 2 - 2))) == list(src[4:4 + LANES] >= bars[:LANES])
+    assert _bits(int(_each(src, 0, bars, 2))) == list(src[:LANES] >= bars[2:2 + LANES])

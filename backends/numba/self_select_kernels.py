@@ -1,11 +1,16 @@
 """Numba selection when the queries are themselves candidates (sampling all, keys = queries): half the GEMM.
 
 Cosine and dot affinities are symmetric, so each image computes only the upper block rows of the Gram
-matrix of its query rows: block row I is [R, n - i0], kept for later rows. A row of block I reads its
-candidates before i0 from the kept tiles' columns (transposed into a row buffer) and the rest from its
-own tile, then is scanned whole as select_kernels scans a row: block maxima, a floor on the K-th, and
-only the blocks that reach it (their passing entries gathered branch-free, then ranked). Measured
-at VGG 32x32 C64 B=32 on 2 threads: about 36 ms against 49 ms for select_kernels.
+matrix of its query rows: block row I is [R, n - i0], kept for later rows. A row of block I finds its
+candidates before i0 in the kept tiles' columns and the rest in its own tile.
+
+Where K (plus the self slot) fits one vector (simd.LANES), a row's floor on the K-th is the K-th largest
+of 16 lane maxima (entries by position mod 16), and its entries at or above the floor are found by one
+vector compare per 16 entries. The earlier tiles' columns are contiguous across the block's rows, so that
+part runs 16 rows at a time straight from the tiles, with no transposition. Larger K scans as
+select_kernels does: the earlier part transposed into a row buffer, block maxima, a run-max floor, and
+the passing blocks. Measured at VGG 32x32 C64 B=32 on 2 threads: about 27 ms, against 36 ms for the
+block-maxima scan and 49 ms for select_kernels.
 
 Rows whose features are all zero have affinity exactly 0 with everything, so they take no GEMM: they
 are offered last, lowest token first, and a zero query's neighbours are simply the lowest tokens. The
@@ -23,7 +28,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from convnn.affinity import EPS_NORM
 
 from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, _kth_largest
-from .simd import LANES, at_least_mask, lane_max_into
+from .simd import LANES, at_least_each_mask, at_least_mask, lane_max_into
 
 BLOCK_ROWS = 128  # query rows per block row (96-192 measured the same)
 ROW_PAD = 16  # the transposed rows' stride is kept off multiples of 512 bytes: 46 -> 39 ms at VGG 32x32 (cache sets)
@@ -101,7 +106,7 @@ def _lane_maxima(seg, acc):
     tail. Lanes are disjoint sets of entries, so the need-th largest lane max has need entries at or above it."""
     n_vec = seg.shape[0] // LANES
     for v in range(n_vec):
-        lane_max_into(acc, seg, v * LANES)
+        lane_max_into(acc, 0, seg, v * LANES)
     for j in range(n_vec * LANES, seg.shape[0]):
         lane = j - n_vec * LANES
         acc[lane] = acc[lane] if acc[lane] > seg[j] else seg[j]
@@ -140,6 +145,89 @@ def _at_least(seg, bar, offset, buf_val, buf_pos, n):
             buf_pos[n] = offset + j
             n += 1
     return n
+
+
+@njit(cache=True)
+def _append_bits(m, first, src, pos, rb_val, rb_pos, rb_n):
+    """For each set bit l of m: append src[first + l] (position pos) to row first + l's entries."""
+    while m:
+        rr = first + np.int64(trailing_zeros(m))
+        rb_val[rr, rb_n[rr]] = src[rr]
+        rb_pos[rr, rb_n[rr]] = pos
+        rb_n[rr] += 1
+        m &= m - np.uint64(1)
+
+
+@njit(cache=True)
+def _lane_candidates(upper, offsets, starts, blk, n_act, need, metric, inv_scale, acc_rows, acc, lane_work,
+                     floors, bars, bars_k, rb_val, rb_pos, rb_n):
+    """For every row rr of block row blk: floors[rr], and in rb_val / rb_pos[rr, :rb_n[rr]] (ascending
+    position) its entries at or above the floor's raw bound. The part of a row before the block lies in the
+    earlier tiles' columns, contiguous across the block's rows, so its lane maxima and its compares run 16
+    rows at a time, straight from the tiles, and nothing is transposed (lane of an entry: its position mod
+    LANES; the row's own tile part adds to the same lanes)."""
+    i0 = starts[blk]
+    r = starts[blk + 1] - i0
+    tile = upper[offsets[blk]:offsets[blk + 1]].reshape((r, n_act - i0))
+    r_vec = (r // LANES) * LANES
+    acc_rows[:, :r] = -np.inf  # [LANES, BLOCK_ROWS]: lane l's max over the earlier columns, per row
+    for prev in range(blk):
+        p0 = starts[prev]
+        src = upper[offsets[prev]:offsets[prev + 1]].reshape((starts[prev + 1] - p0, n_act - p0))
+        for x in range(src.shape[0]):
+            srow = src[x, i0 - p0:i0 - p0 + r]
+            lane_acc = acc_rows[(p0 + x) % LANES]
+            for c in range(0, r_vec, LANES):
+                lane_max_into(lane_acc, c, srow, c)
+            for rr in range(r_vec, r):
+                lane_acc[rr] = lane_acc[rr] if lane_acc[rr] > srow[rr] else srow[rr]
+    for rr in range(r):
+        for lane in range(LANES):
+            acc[lane] = acc_rows[lane, rr]
+        _lane_maxima(tile[rr], acc)
+        floors[rr] = _transform(np.float64(_kth_largest(acc, need, lane_work)), metric, inv_scale)
+        bars[rr] = _raw_bound(floors[rr], metric, inv_scale)
+        bars_k[rr] = bars[rr]  # rounded to the rows' dtype: no entry at or above bars[rr] falls below it
+        rb_n[rr] = 0
+    for prev in range(blk):
+        p0 = starts[prev]
+        src = upper[offsets[prev]:offsets[prev + 1]].reshape((starts[prev + 1] - p0, n_act - p0))
+        for x in range(src.shape[0]):
+            srow = src[x, i0 - p0:i0 - p0 + r]
+            c = 0
+            while c + 4 * LANES <= r_vec:
+                m = (at_least_each_mask(srow, c, bars_k, c)
+                     | (at_least_each_mask(srow, c + LANES, bars_k, c + LANES) << np.uint64(LANES))
+                     | (at_least_each_mask(srow, c + 2 * LANES, bars_k, c + 2 * LANES) << np.uint64(2 * LANES))
+                     | (at_least_each_mask(srow, c + 3 * LANES, bars_k, c + 3 * LANES) << np.uint64(3 * LANES)))
+                _append_bits(m, c, srow, p0 + x, rb_val, rb_pos, rb_n)
+                c += 4 * LANES
+            while c < r_vec:
+                _append_bits(at_least_each_mask(srow, c, bars_k, c), c, srow, p0 + x, rb_val, rb_pos, rb_n)
+                c += LANES
+            for rr in range(r_vec, r):
+                if srow[rr] >= bars[rr]:
+                    rb_val[rr, rb_n[rr]] = srow[rr]
+                    rb_pos[rr, rb_n[rr]] = p0 + x
+                    rb_n[rr] += 1
+    for rr in range(r):
+        rb_n[rr] = _at_least(tile[rr], bars[rr], i0, rb_val[rr], rb_pos[rr], rb_n[rr])
+
+
+@njit(cache=True)
+def _rank_entries(buf_val, buf_pos, n_buf, floor, metric, inv_scale, act_tok, qtok, self_first, slots, vals, ids):
+    """Rank one row's entries (ascending position) into its queue vals / ids; return the count. In token
+    order, so a tie with the K-th never enters."""
+    c = 0
+    for e in range(n_buf):
+        v = _transform(buf_val[e], metric, inv_scale)
+        if v < floor or (c == slots and not v > vals[slots - 1]):
+            continue
+        tok = act_tok[buf_pos[e]]
+        if self_first and tok == qtok:
+            continue
+        c = _insert(v, tok, c, slots, vals, ids)
+    return c
 
 
 @njit(cache=True)
@@ -239,7 +327,17 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
             for blk in range(n_blk):
                 offsets[blk + 1] = offsets[blk] + (starts[blk + 1] - starts[blk]) * (n_act - starts[blk])
             upper = np.empty(offsets[n_blk], dtype=kf.dtype)  # the upper block rows, kept for later rows
-            left = np.empty(BLOCK_ROWS * (n_act + ROW_PAD), dtype=kf.dtype)
+            # by lanes, per row of a block: lane maxima, floor, bound, and the entries that may enter;
+            # otherwise left: each row's part before the block, transposed from the earlier tiles
+            lane_rows = BLOCK_ROWS if by_lanes else 0
+            acc_rows = np.empty((LANES, lane_rows), dtype=kf.dtype)
+            floors = np.empty(lane_rows, dtype=np.float64)
+            bars = np.empty(lane_rows, dtype=np.float64)
+            bars_k = np.empty(lane_rows + LANES, dtype=kf.dtype)
+            rb_val = np.empty((lane_rows, n_act), dtype=kf.dtype)
+            rb_pos = np.empty((lane_rows, n_act), dtype=np.int64)
+            rb_n = np.zeros(lane_rows, dtype=np.int64)
+            left = np.empty(0 if by_lanes else BLOCK_ROWS * (n_act + ROW_PAD), dtype=kf.dtype)
             buf_val = np.empty(n_act + SCAN_BLOCK, dtype=kf.dtype)  # one row's entries that may enter
             buf_pos = np.empty(n_act + SCAN_BLOCK, dtype=np.int64)
             for blk in range(n_blk):
@@ -248,6 +346,15 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                 r = i1 - i0
                 tile = upper[offsets[blk]:offsets[blk + 1]].reshape((r, n_act - i0))
                 np.dot(rows[i0:i1], rows[i0:].T, tile)
+                if by_lanes:
+                    _lane_candidates(upper, offsets, starts, blk, n_act, need, metric, inv_scale, acc_rows, acc,
+                                     lane_work, floors, bars, bars_k, rb_val, rb_pos, rb_n)
+                    for rr in range(r):
+                        i = i0 + rr
+                        self_aff[i] = _transform(tile[rr, rr], metric, inv_scale)
+                        count[i] = _rank_entries(rb_val[rr], rb_pos[rr], rb_n[rr], floors[rr], metric, inv_scale,
+                                                 act_tok, act_tok[i], self_first, slots, vals[i], ids[i])
+                    continue
                 ld = i0 + ROW_PAD  # row rr of left holds its candidates before i0: earlier tiles' columns
                 for prev in range(blk):
                     p0 = starts[prev]
@@ -262,31 +369,14 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                     i = i0 + rr
                     lft = left[rr * ld:rr * ld + i0]
                     self_aff[i] = _transform(tile[rr, rr], metric, inv_scale)
-                    if by_lanes:  # the floor from LANES lane maxima, then one vector compare per LANES entries
-                        acc[:] = -np.inf
-                        _lane_maxima(lft, acc)
-                        _lane_maxima(tile[rr], acc)
-                        floor = _transform(np.float64(_kth_largest(acc, need, lane_work)), metric, inv_scale)
-                        bar = _raw_bound(floor, metric, inv_scale)
-                        n_buf = _at_least(lft, bar, 0, buf_val, buf_pos, 0)
-                        n_buf = _at_least(tile[rr], bar, i0, buf_val, buf_pos, n_buf)
-                    else:
-                        _block_maxima(lft, metric, inv_scale, bmax[:nl])
-                        _block_maxima(tile[rr], metric, inv_scale, bmax[nl:nl + nr])
-                        floor = _floor(bmax[:nl + nr], need, gmax, work)
-                        bar = _raw_bound(floor, metric, inv_scale)
-                        n_buf = _collect(lft, bmax[:nl], floor, bar, 0, buf_val, buf_pos, 0, blist)
-                        n_buf = _collect(tile[rr], bmax[nl:nl + nr], floor, bar, i0, buf_val, buf_pos, n_buf, blist)
-                    c = 0
-                    for e in range(n_buf):  # in token order: a tie with the K-th never enters
-                        v = _transform(buf_val[e], metric, inv_scale)
-                        if v < floor or (c == slots and not v > vals[i, slots - 1]):
-                            continue
-                        tok = act_tok[buf_pos[e]]
-                        if self_first and tok == act_tok[i]:
-                            continue
-                        c = _insert(v, tok, c, slots, vals[i], ids[i])
-                    count[i] = c
+                    _block_maxima(lft, metric, inv_scale, bmax[:nl])
+                    _block_maxima(tile[rr], metric, inv_scale, bmax[nl:nl + nr])
+                    floor = _floor(bmax[:nl + nr], need, gmax, work)
+                    bar = _raw_bound(floor, metric, inv_scale)
+                    n_buf = _collect(lft, bmax[:nl], floor, bar, 0, buf_val, buf_pos, 0, blist)
+                    n_buf = _collect(tile[rr], bmax[nl:nl + nr], floor, bar, i0, buf_val, buf_pos, n_buf, blist)
+                    count[i] = _rank_entries(buf_val, buf_pos, n_buf, floor, metric, inv_scale, act_tok, act_tok[i],
+                                             self_first, slots, vals[i], ids[i])
             if n_other > 0:  # nonzero tokens that are only candidates
                 orows = np.empty((n_other, fh), dtype=kf.dtype)
                 for o in range(n_other):

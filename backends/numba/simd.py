@@ -27,20 +27,35 @@ def _is_float_vector_array(a) -> bool:
 
 
 @intrinsic
-def lane_max_into(typingctx, acc, src, idx):
-    """acc[l] = max(acc[l], src[idx + l]) for l < LANES (acc: LANES elements of src's dtype; no bounds check)."""
+def lane_max_into(typingctx, acc, acc_idx, src, idx):
+    """acc[acc_idx + l] = max(that, src[idx + l]) for l < LANES (same dtype; no bounds check)."""
     if not (_is_float_vector_array(acc) and _is_float_vector_array(src) and acc.dtype == src.dtype):
         return None
 
     def codegen(context, builder, sig, args):
-        pa = _vector_at(context, builder, acc, args[0], ir.Constant(ir.IntType(64), 0))
-        ps = _vector_at(context, builder, src, args[1], args[2])
+        pa = _vector_at(context, builder, acc, args[0], args[1])
+        ps = _vector_at(context, builder, src, args[2], args[3])
         va = builder.load(pa, align=1)
         vs = builder.load(ps, align=1)
         builder.store(builder.select(builder.fcmp_ordered(">", va, vs), va, vs), pa, align=1)
         return context.get_dummy_value()
 
-    return types.none(acc, src, types.intp), codegen
+    return types.none(acc, types.intp, src, types.intp), codegen
+
+
+@intrinsic
+def at_least_each_mask(typingctx, src, idx, bars, bars_idx):
+    """A uint64 whose bit l is set where src[idx + l] >= bars[bars_idx + l], l < LANES (same dtype)."""
+    if not (_is_float_vector_array(src) and _is_float_vector_array(bars) and src.dtype == bars.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vs = builder.load(_vector_at(context, builder, src, args[0], args[1]), align=1)
+        vb = builder.load(_vector_at(context, builder, bars, args[2], args[3]), align=1)
+        bits = builder.bitcast(builder.fcmp_ordered(">=", vs, vb), ir.IntType(LANES))
+        return builder.zext(bits, ir.IntType(64))
+
+    return types.uint64(src, types.intp, bars, types.intp), codegen
 
 
 @intrinsic
