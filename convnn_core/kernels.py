@@ -187,6 +187,12 @@ class KernelsBase:
 
         return layout.pad(self.xp, x, p, lambda shape: self.zeros(shape, x))
 
+    def gather_taps_bias(self, values: Any, idx: Any, rho: Optional[Any], weight: Any, bias: Optional[Any], *,
+                         taps: str) -> Any:
+        """gather_taps plus the per-output bias (numba overrides: the bias is the kernel's starting value)."""
+        y = self.gather_taps(values, idx, rho, weight, taps=taps)
+        return y if bias is None else y + bias
+
     def padded_tokens(self, x: Any, p: int) -> Any:
         """[B, C, *S] zero-padded by p on every spatial axis, as tokens [B, N, C] (numba overrides: one pass
         into the contiguous layout its kernels read)."""

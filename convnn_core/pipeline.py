@@ -399,12 +399,12 @@ def compute_nd(plan: MapPlan, x: Any, weight: Any, bias: Optional[Any], cand: An
     if plan.fused:
         y = kernels.fused(sel, queries, values, weight, k=cfg.k, metric=cfg.metric, self_first=cfg.self_first,
                           taps=cfg.taps, **grid_kw(grid))
+        if bias is not None:
+            y = y + bias
     else:
         idx = neighbours(kernels, cfg, sel, queries, cand, 1, grid=grid)
         rho = slot_weights(kernels, cfg, sel, queries, idx, 1, grid=grid)
-        y = kernels.gather_taps(values, idx, rho, weight, taps=cfg.taps)
-    if bias is not None:
-        y = y + bias
+        y = kernels.gather_taps_bias(values, idx, rho, weight, bias, taps=cfg.taps)
     return layout.shuffle(xp, layout.from_tokens(xp, y, plan.spatial), s)
 
 

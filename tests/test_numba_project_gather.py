@@ -24,25 +24,27 @@ def _inputs(dtype, heads: int = 1, batch: int = 3, side: int = 16, chan: int = 8
     return values, idx, rho, weight
 
 
-def _tile_path(monkeypatch, *args):
+def _tile_path(monkeypatch, values, idx, rho, weight, bias=None):
     monkeypatch.setattr(primitives, "_projects_first", lambda *a: False)
-    out = primitives.gather_taps(*args, "full")
+    out = primitives.gather_taps(values, idx, rho, weight, "full", bias)
     monkeypatch.undo()
     return out
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_rho", [False, True])
-def test_project_then_gather_equals_the_gathered_product(monkeypatch, dtype, with_rho):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_project_then_gather_equals_the_gathered_product(monkeypatch, dtype, with_rho, with_bias):
     values, idx, rho, weight = _inputs(dtype)
     rho = rho if with_rho else None
+    bias = np.linspace(-1.0, 2.0, weight.shape[0]).astype(dtype) if with_bias else None
     calls = []
     real = gather_kernels.project_gather
     monkeypatch.setattr(gather_kernels, "project_gather", lambda *a: calls.append(1) or real(*a))
-    got = primitives.gather_taps(values, idx, rho, weight, "full")
+    got = primitives.gather_taps(values, idx, rho, weight, "full", bias)
     assert calls, "the projected path did not run"
     monkeypatch.undo()
-    want = _tile_path(monkeypatch, values, idx, rho, weight)
+    want = _tile_path(monkeypatch, values, idx, rho, weight, bias)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     assert got.dtype == dtype
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
@@ -76,3 +78,22 @@ def test_a_layer_with_the_projected_forward_keeps_its_gradient():
         d[pos] = 1e-6
         numeric[n] = (np.sum(be.convnn2d(x + d, w, None, cfg) * cot) - np.sum(be.convnn2d(x - d, w, None, cfg) * cot)) / 2e-6
     np.testing.assert_allclose([gx[p] for p in probes], numeric, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [16, 6])  # the projected forward, and the tile path (small map)
+def test_the_layer_bias_is_added_once_with_its_gradient(side):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, side, side))
+    w = rng.standard_normal((4, 3, 9))
+    bias = np.array([0.5, -1.0, 2.0, 0.0])
+    be = get_backend("numba", threads=1)
+    cfg = ConvNNConfig(k=9, padding=1)
+    y0 = be.convnn2d(x, w, None, cfg)
+    y1 = be.convnn2d(x, w, bias, cfg)
+    np.testing.assert_allclose(y1 - y0, np.broadcast_to(bias[None, :, None, None], y0.shape), atol=1e-12)
+    from autograd import grad
+    import autograd.numpy as anp
+
+    cot = rng.standard_normal(y0.shape)
+    gb = grad(lambda b_: anp.sum(be.convnn2d(x, w, b_, cfg) * cot))(bias)
+    np.testing.assert_allclose(gb, cot.sum(axis=(0, 2, 3)), rtol=1e-12)

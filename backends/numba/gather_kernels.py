@@ -190,13 +190,15 @@ def gather_depthwise_grad(dy, values, idx, rho, has_rho, taps, n_split, dvalues,
 
 
 @njit(parallel=True, cache=True)
-def project_gather(values, idx, rho, has_rho, w_all, n_out, out):
-    """out [B*Nq, O] = sum_k rho_k * (values[b, idx[b, 0, i, k]] @ W_k) for one head: per image, its nonzero
+def project_gather(values, idx, rho, has_rho, w_all, start, out):
+    """out [B*Nq, O] = start + sum_k rho_k * (values[b, idx[b, 0, i, k]] @ W_k) for one head (start [O]: the
+    bias, or zeros): per image, its nonzero
     value rows are projected by all K taps at once (one GEMM, [N', C] @ [C, K*O]), then each query adds
     its K slots' projected rows. Zero rows (the padding) project to zero and are skipped, so the GEMM has
     the flops of the gathered product without writing the gathered [Nq, K*C] rows."""
     n_b, n_tok, n_chan = values.shape
     n_query, n_slots = idx.shape[2], idx.shape[3]
+    n_out = start.shape[0]
     for b in prange(n_b):
         where = np.empty(n_tok, dtype=np.int64)  # token t's row in the projection, or -1 when all zero
         n_rows = 0
@@ -212,7 +214,8 @@ def project_gather(values, idx, rho, has_rho, w_all, n_out, out):
                 rows[where[t]] = values[b, t]
         proj = np.dot(rows, w_all)
         dst = out[b * n_query:(b + 1) * n_query]
-        dst[:] = 0.0
+        for i in range(n_query):
+            dst[i] = start
         for k in range(n_slots):  # slot by slot: one slot's projected rows (N' x O) stay in L2
             for i in range(n_query):
                 r = where[idx[b, 0, i, k]]

@@ -99,6 +99,10 @@ class NumbaKernels(KernelsBase):
     def gather_taps(self, values: Any, idx: np.ndarray, rho: Optional[Any], weight: Any, *, taps: str) -> Any:
         return gather_taps(values, idx, rho, weight, taps)
 
+    def gather_taps_bias(self, values: Any, idx: np.ndarray, rho: Optional[Any], weight: Any, bias: Optional[Any],
+                         *, taps: str) -> Any:
+        return gather_taps(values, idx, rho, weight, taps, bias)
+
     def linear(self, x: Any, w: Any, bias: Optional[Any]) -> Any:
         """x [B, N, D] @ w.T as one 2-D product (autograd's VJP of a batched 3-D matmul is many times slower)."""
         b, n, d = x.shape

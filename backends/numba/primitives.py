@@ -153,20 +153,25 @@ def _full_taps_matrix(weight: np.ndarray) -> np.ndarray:
 
 @primitive
 def gather_taps(values: np.ndarray, idx: np.ndarray, rho: Optional[np.ndarray], weight: np.ndarray,
-                taps: str) -> np.ndarray:
-    """y [B, Nq, O]: taps applied to the rho-weighted neighbours of each query (SPEC.md section 4, step 5)."""
+                taps: str, bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """y [B, Nq, O]: taps applied to the rho-weighted neighbours of each query (SPEC.md section 4, step 5),
+    plus bias [O] when given (the projected forward starts from it; the others add it in place)."""
     values = _c(values)
     idx = _c(idx, np.int64)
     rho_arr, has_rho = _rho_arg(rho, values.dtype)
     b, _, nq, k = idx.shape
+    bias_arr = None if bias is None else _c(bias, values.dtype)
     if taps == "full":
         w2t = _full_taps_matrix(_c(weight, values.dtype))
         out = np.empty((b, nq, w2t.shape[1]), dtype=values.dtype)
-        _gather_full(values, idx, rho_arr, has_rho, w2t, out.reshape(b * nq, -1))
-        return out
-    out = np.empty((b, nq, values.shape[2]), dtype=values.dtype)
-    with parallel_region():
-        gather_kernels.gather_depthwise(values, idx, rho_arr, has_rho, _c(weight, values.dtype), out)
+        if _gather_full(values, idx, rho_arr, has_rho, w2t, out.reshape(b * nq, -1), bias_arr):
+            return out
+    else:
+        out = np.empty((b, nq, values.shape[2]), dtype=values.dtype)
+        with parallel_region():
+            gather_kernels.gather_depthwise(values, idx, rho_arr, has_rho, _c(weight, values.dtype), out)
+    if bias_arr is not None:
+        out += bias_arr
     return out
 
 
@@ -175,8 +180,8 @@ GATHER_TILE_BYTES = 1 << 20  # forward on large maps: one thread's gathered tile
 
 
 def _gather_full(values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: bool, w2t: np.ndarray,
-                 out: np.ndarray) -> None:
-    """out [B*Nq, O] = gathered rows @ w2t.
+                 out: np.ndarray, bias: Optional[np.ndarray] = None) -> bool:
+    """out [B*Nq, O] = gathered rows @ w2t; True when bias is already in it (the projected forward).
 
     Many rows per thread (large maps) or narrow rows: tiles of about 1 MiB (at least 64 rows, spanning
     images), each gathered and multiplied by one numba thread. Otherwise chunks of 16 MiB, gathered by
@@ -187,17 +192,19 @@ def _gather_full(values: np.ndarray, idx: np.ndarray, rho: np.ndarray, has_rho: 
     if _projects_first(values, idx, w2t):
         k, c, o = idx.shape[3], values.shape[2], w2t.shape[1]
         w_all = np.ascontiguousarray(w2t.reshape(k, c, o).transpose(1, 0, 2).reshape(c, k * o))
+        start = np.zeros(o, dtype=out.dtype) if bias is None else bias
         with parallel_region():
-            gather_kernels.project_gather(values, idx, rho, has_rho, w_all, o, out)
-        return
+            gather_kernels.project_gather(values, idx, rho, has_rho, w_all, start, out)
+        return True
     rows = max(64, GATHER_TILE_BYTES // (kc * values.itemsize))
     per_thread = -(-n_rows // current_threads())
     if per_thread >= 16 * rows or kc < 64:
         with parallel_region():
             gather_kernels.gather_full(values, idx, rho, has_rho, w2t, min(rows, per_thread), out)
-        return
+        return False
     for row0, rows in _gathered_chunks(values, idx, rho, has_rho, kc, n_rows):
         np.dot(rows, w2t, out=out[row0:row0 + rows.shape[0]])
+    return False
 
 
 PROJECT_MIN_TOKENS = 256  # project-then-gather from 16x16 maps up (measured at B=32: 32x32 C64 14.7 vs 15.7 ms,
@@ -241,7 +248,7 @@ def _gather_full_grad(dy: np.ndarray, values: np.ndarray, idx: np.ndarray, rho: 
 
 
 def _gather_taps_vjp(argnums, ans, args, kwargs):
-    values, idx, rho, weight, taps = args
+    values, idx, rho, weight, taps = args[:5]
 
     def vjp(g):
         from .threads import split_count
@@ -271,6 +278,8 @@ def _gather_taps_vjp(argnums, ans, args, kwargs):
                                                      drho, parts)
             dweight = parts.sum(axis=0)
         grads = {0: dvalues, 2: drho if has_rho else None, 3: dweight}
+        if 5 in argnums:
+            grads[5] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
         return tuple(grads[n] for n in argnums)
 
     return vjp
