@@ -60,3 +60,15 @@ def test_other_inputs_take_the_default():
     assert not token_layout.applies(np.zeros((2, 3, 4, 5), dtype=np.float16))
     assert not token_layout.applies(np.zeros((2, 3, 4, 5, 6), dtype=np.float32))
     assert token_layout.applies(np.zeros((2, 3, 4), dtype=np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_contiguous_tokens_of_a_channels_last_view(dtype):
+    a = np.random.default_rng(5).standard_normal((3, 70, 130)).astype(dtype)
+    view = a.transpose(0, 2, 1)
+    out = token_layout.contiguous_tokens(view, np.dtype(dtype))
+    assert out.flags.c_contiguous and out.dtype == dtype
+    np.testing.assert_array_equal(out, view)
+    same = np.ascontiguousarray(view)
+    assert token_layout.contiguous_tokens(same, np.dtype(dtype)) is same
+    np.testing.assert_array_equal(token_layout.contiguous_tokens(view, np.dtype(np.float64)), view)

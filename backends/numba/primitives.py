@@ -16,6 +16,7 @@ from convnn.grid import Grid
 from convnn.kernels import METRIC_CODES
 
 from . import gather_kernels, select_kernels, self_select_kernels, slot_kernels
+from .token_layout import contiguous_tokens
 from .threads import current_threads, parallel_region
 
 _NO_RHO = {np.dtype(np.float32): np.ones((1, 1, 1, 1), np.float32),
@@ -257,7 +258,7 @@ def _gather_taps_vjp(argnums, ans, args, kwargs):
         dt = vals.dtype
         idxc = _c(idx, np.int64)
         rho_arr, has_rho = _rho_arg(rho, dt)
-        dy = _c(g, dt)
+        dy = contiguous_tokens(g, dt)
         b = idxc.shape[0]
         n_split = split_count(b)
         dvalues = np.zeros_like(vals)
