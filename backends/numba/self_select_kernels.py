@@ -27,7 +27,8 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from convnn.affinity import EPS_NORM
 
-from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, _kth_largest
+from .select_kernels import (BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, _kth_largest,
+                             sum_squares)
 from .simd import LANES, at_least_each_mask, at_least_mask, lane_max_into
 
 BLOCK_ROWS = 128  # query rows per block row (96-192 measured the same)
@@ -262,15 +263,13 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         nonzero = np.zeros(n_tok, dtype=np.bool_)
         scale = np.ones(n_tok, dtype=np.float64)
         for t in range(n_tok):
-            acc = 0.0
+            feats = kf[b, t, h * fh:(h + 1) * fh]
             any_set = False
             for f in range(fh):
-                v = kf[b, t, h * fh + f]
-                acc += v * v
-                any_set |= v != 0.0
+                any_set |= feats[f] != 0.0
             nonzero[t] = any_set  # by its entries: the squares of tiny float32 entries underflow to 0
-            if metric == 0:
-                scale[t] = 1.0 / max(math.sqrt(acc), EPS_NORM)
+            if metric == 0 and any_set:
+                scale[t] = 1.0 / max(math.sqrt(sum_squares(feats)), EPS_NORM)
         n_act = 0
         n_other = 0
         n_zero = 0
