@@ -205,7 +205,9 @@ def project_gather(values, idx, rho, has_rho, w_all, start, out):
         for t in range(n_tok):
             nonzero = False
             for c in range(n_chan):
-                nonzero |= values[b, t, c] != 0.0
+                if values[b, t, c] != 0.0:
+                    nonzero = True
+                    break
             where[t] = n_rows if nonzero else -1
             n_rows += 1 if nonzero else 0
         rows = np.empty((n_rows, n_chan), dtype=values.dtype)

@@ -104,7 +104,7 @@ def _collect(seg, bmax, floor, bar, offset, buf_val, buf_pos, n, blist):
 @njit(cache=True)
 def _lane_maxima(seg, acc):
     """acc[l] = max(acc[l], every entry of seg at a position congruent to l mod LANES): whole vectors, then the
-    tail. Lanes are disjoint sets of entries, so the need-th largest lane max has need entries at or above it."""
+    tail. Lanes are disjoint sets of entries, so the k-th largest lane max has k entries at or above it."""
     n_vec = seg.shape[0] // LANES
     for v in range(n_vec):
         lane_max_into(acc, 0, seg, v * LANES)
@@ -266,7 +266,9 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
             feats = kf[b, t, h * fh:(h + 1) * fh]
             any_set = False
             for f in range(fh):
-                any_set |= feats[f] != 0.0
+                if feats[f] != 0.0:
+                    any_set = True
+                    break
             nonzero[t] = any_set  # by its entries: the squares of tiny float32 entries underflow to 0
             if metric == 0 and any_set:
                 scale[t] = 1.0 / max(math.sqrt(sum_squares(feats)), EPS_NORM)
@@ -314,9 +316,9 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         gmax = np.empty(2 * slots + 2, dtype=np.float64)
         work = np.empty(slots + 1, dtype=np.float64)
         need = slots + 1 if self_first else slots  # entries at or above the floor, the self entry among them
-        by_lanes = need <= LANES
+        by_lanes = slots <= LANES  # by lanes, the self entry is set aside first: slots entries to find
         acc = np.empty(LANES, dtype=kf.dtype)
-        lane_work = np.empty(need + 1, dtype=kf.dtype)
+        lane_work = np.empty(slots + 1, dtype=kf.dtype)
         bmax = np.empty((n_tok + SCAN_BLOCK - 1) // SCAN_BLOCK, dtype=np.float64)
         blist = np.empty(bmax.shape[0], dtype=np.int64)
         if slots > 0 and n_act > 0:
@@ -346,11 +348,14 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                 tile = upper[offsets[blk]:offsets[blk + 1]].reshape((r, n_act - i0))
                 np.dot(rows[i0:i1], rows[i0:].T, tile)
                 if by_lanes:
-                    _lane_candidates(upper, offsets, starts, blk, n_act, need, metric, inv_scale, acc_rows, acc,
+                    for rr in range(r):
+                        self_aff[i0 + rr] = _transform(tile[rr, rr], metric, inv_scale)
+                        if self_first:  # slot 0: the self entry takes no lane and no ranking (later rows never
+                            tile[rr, rr] = -np.inf  # read a block's own columns)
+                    _lane_candidates(upper, offsets, starts, blk, n_act, slots, metric, inv_scale, acc_rows, acc,
                                      lane_work, floors, bars, bars_k, rb_val, rb_pos, rb_n)
                     for rr in range(r):
                         i = i0 + rr
-                        self_aff[i] = _transform(tile[rr, rr], metric, inv_scale)
                         count[i] = _rank_entries(rb_val[rr], rb_pos[rr], rb_n[rr], floors[rr], metric, inv_scale,
                                                  act_tok, act_tok[i], self_first, slots, vals[i], ids[i])
                     continue
