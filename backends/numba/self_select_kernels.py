@@ -4,12 +4,13 @@ Cosine and dot affinities are symmetric, so each image computes only the upper b
 matrix of its query rows: block row I is [R, n - i0], kept for later rows. A row of block I finds its
 candidates before i0 in the kept tiles' columns and the rest in its own tile.
 
-Where K (plus the self slot) fits one vector (simd.LANES), a row's floor on the K-th is the K-th largest
-of 16 lane maxima (entries by position mod 16), and its entries at or above the floor are found by one
-vector compare per 16 entries. The earlier tiles' columns are contiguous across the block's rows, so that
-part runs 16 rows at a time straight from the tiles, with no transposition. Larger K scans as
+Where the slots to fill fit one vector (simd.LANES; with self_first the self entry is set aside first),
+a row's floor on the last slot is the slots-th largest of 16 lane maxima (entries by position mod 16),
+and its entries at or above the floor are found by one vector compare per 16 entries. The earlier
+tiles' columns are contiguous across the block's rows, so that part runs 16 rows at a time straight
+from the tiles, with no transposition. Larger K scans as
 select_kernels does: the earlier part transposed into a row buffer, block maxima, a run-max floor, and
-the passing blocks. Measured at VGG 32x32 C64 B=32 on 2 threads: about 27 ms, against 36 ms for the
+the passing blocks. Measured at VGG 32x32 C64 B=32 on 2 threads: about 26 ms, against 36 ms for the
 block-maxima scan and 49 ms for select_kernels.
 
 Rows whose features are all zero have affinity exactly 0 with everything, so they take no GEMM: they
@@ -315,7 +316,7 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         self_aff = np.zeros(n_act, dtype=np.float64)  # each active row's affinity with itself
         gmax = np.empty(2 * slots + 2, dtype=np.float64)
         work = np.empty(slots + 1, dtype=np.float64)
-        need = slots + 1 if self_first else slots  # entries at or above the floor, the self entry among them
+        need = slots + 1 if self_first else slots  # block-maxima scan: entries at or above its floor, self among them
         by_lanes = slots <= LANES  # by lanes, the self entry is set aside first: slots entries to find
         acc = np.empty(LANES, dtype=kf.dtype)
         lane_work = np.empty(slots + 1, dtype=kf.dtype)
