@@ -1,5 +1,6 @@
-"""The numba vector steps (backends/numba/simd.py) against plain NumPy: lane-wise max, and the at-or-above
-mask, including a float64 bar between two float32 values (rounded, but no entry at or above it is lost)."""
+"""The numba vector steps (backends/numba/simd.py) against plain NumPy: lane-wise max, the at-or-above mask
+(including a float64 bar between two float32 values: rounded, but no entry at or above it is lost), the
+k-th largest of one vector, and the ranks of up to one vector of entries, ties and -inf included."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 pytest.importorskip("numba")
 from numba import njit  # noqa: E402
 
-from convnn.backends.numba.simd import LANES, at_least_each_mask, at_least_mask, lane_max_into  # noqa: E402
+from convnn.backends.numba.simd import (LANES, at_least_each_mask, at_least_mask, kth_largest_lane,  # noqa: E402
+                                        lane_max_into, rank_counts)
 
 
 @njit(cache=False)
@@ -72,3 +74,44 @@ def test_at_least_each_mask_compares_entry_by_entry(dtype):
     bars[5] = src[4 + 5]  # a tie
     assert _bits(int(_each(src, 4, bars, 2 - 2))) == list(src[4:4 + LANES] >= bars[:LANES])
     assert _bits(int(_each(src, 0, bars, 2))) == list(src[:LANES] >= bars[2:2 + LANES])
+
+
+@njit(cache=False)
+def _kth(acc, k):
+    return kth_largest_lane(acc, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kth_largest_lane_is_the_kth_of_the_sorted_vector(dtype):
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        acc = rng.standard_normal(LANES).astype(dtype)
+        if trial % 3 == 0:
+            acc = np.round(acc).astype(dtype)  # many ties
+        if trial % 4 == 0:
+            acc[rng.integers(0, LANES, 5)] = -np.inf  # lanes that saw no entry
+        want = np.sort(acc)[::-1]
+        for k in range(1, LANES + 1):
+            assert _kth(acc, k) == want[k - 1], (acc, k)
+
+
+@njit(cache=False)
+def _ranks(vals, n, ranks):
+    rank_counts(vals, n, ranks)
+    return ranks
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rank_counts_orders_by_value_then_position(dtype):
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        n = int(rng.integers(0, LANES + 1))
+        vals = rng.standard_normal(LANES).astype(dtype)
+        if trial % 2:
+            vals = np.round(vals * 2).astype(dtype)  # ties, which the earlier entry wins
+        vals[n:] = np.inf  # past n: ignored, whatever they hold
+        order = sorted(range(n), key=lambda e: (-vals[e], e))
+        want = np.empty(n, dtype=np.int64)
+        want[order] = np.arange(n)
+        got = _ranks(vals, n, np.full(LANES, -1, dtype=np.int64))
+        np.testing.assert_array_equal(got[:n], want)

@@ -10,13 +10,17 @@ and its entries at or above the floor are found by one vector compare per 16 ent
 tiles' columns are contiguous across the block's rows, so that part runs 16 rows at a time straight
 from the tiles, with no transposition. Larger K scans as
 select_kernels does: the earlier part transposed into a row buffer, block maxima, a run-max floor, and
-the passing blocks. Measured at VGG 32x32 C64 B=32 on 2 threads: about 26 ms, against 36 ms for the
+the passing blocks. Measured at VGG 32x32 C64 B=32 on 2 threads: about 22.5 ms, against 36 ms for the
 block-maxima scan and 49 ms for select_kernels.
 
 Rows whose features are all zero have affinity exactly 0 with everything, so they take no GEMM: they
 are offered last, lowest token first, and a zero query's neighbours are simply the lowest tokens. The
 queue ranks (affinity, token) pairs, larger affinity then lower token (SPEC.md's order), so offering
 them out of token order changes nothing. One image per thread: its kept tiles are its own.
+
+The helpers called per row are inlined and take (array, start) rather than row views: numba increfs and
+decrefs every array argument of a call it does not inline, two atomic operations each, and with a helper
+per row that had grown to a tenth of the scan's time.
 """
 from __future__ import annotations
 
@@ -28,9 +32,8 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from convnn.affinity import EPS_NORM
 
-from .select_kernels import (BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, _kth_largest,
-                             sum_squares)
-from .simd import LANES, at_least_each_mask, at_least_mask, lane_max_into
+from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, sum_squares
+from .simd import LANES, at_least_each_mask, at_least_mask, kth_largest_lane, lane_max_into, rank_counts
 
 BLOCK_ROWS = 128  # query rows per block row (96-192 measured the same)
 ROW_PAD = 16  # the transposed rows' stride is kept off multiples of 512 bytes: 46 -> 39 ms at VGG 32x32 (cache sets)
@@ -102,134 +105,172 @@ def _collect(seg, bmax, floor, bar, offset, buf_val, buf_pos, n, blist):
     return n
 
 
-@njit(cache=True)
-def _lane_maxima(seg, acc):
-    """acc[l] = max(acc[l], every entry of seg at a position congruent to l mod LANES): whole vectors, then the
-    tail. Lanes are disjoint sets of entries, so the k-th largest lane max has k entries at or above it."""
-    n_vec = seg.shape[0] // LANES
+@njit(cache=True, inline="always")
+def _lane_maxima(src, start, size, acc):
+    """acc[l] = max(acc[l], every entry src[start + j], j < size, with j congruent to l mod LANES): whole
+    vectors, then the tail. Lanes are disjoint sets of entries, so the k-th largest lane max has k entries at
+    or above it."""
+    n_vec = size // LANES
     for v in range(n_vec):
-        lane_max_into(acc, 0, seg, v * LANES)
-    for j in range(n_vec * LANES, seg.shape[0]):
+        lane_max_into(acc, 0, src, start + v * LANES)
+    for j in range(n_vec * LANES, size):
         lane = j - n_vec * LANES
-        acc[lane] = acc[lane] if acc[lane] > seg[j] else seg[j]
+        x = src[start + j]
+        acc[lane] = acc[lane] if acc[lane] > x else x
 
 
-@njit(cache=True)
-def _at_least(seg, bar, offset, buf_val, buf_pos, n):
-    """Append the entries of seg at or above bar to buf_val / buf_pos (position offset + j) from n on; return
-    the new n. Four vector compares make one 64-bit mask, whose set bits are visited (few pass: about 12 of
-    1,024 at K=9), so a row costs one compare per vector and one branch per 64 entries plus one per entry kept."""
-    size = seg.shape[0]
+@njit(cache=True, inline="always")
+def _at_least(src, start, size, bar, offset, buf_val, buf_pos, row, n):
+    """Append the entries src[start + j], j < size, at or above bar to row `row` of buf_val / buf_pos (position
+    offset + j) from n on; return the new n. Four vector compares make one 64-bit mask, whose set bits are
+    visited (few pass: about 12 of 1,024 at K=9), so a row costs one compare per vector and one branch per 64
+    entries plus one per entry kept."""
     n_vec = size // LANES
     n_word = n_vec // 4
     for w in range(n_word):
         j0 = w * 4 * LANES
-        m = (at_least_mask(seg, j0, bar) | (at_least_mask(seg, j0 + LANES, bar) << np.uint64(LANES))
-             | (at_least_mask(seg, j0 + 2 * LANES, bar) << np.uint64(2 * LANES))
-             | (at_least_mask(seg, j0 + 3 * LANES, bar) << np.uint64(3 * LANES)))
+        s0 = start + j0
+        m = (at_least_mask(src, s0, bar) | (at_least_mask(src, s0 + LANES, bar) << np.uint64(LANES))
+             | (at_least_mask(src, s0 + 2 * LANES, bar) << np.uint64(2 * LANES))
+             | (at_least_mask(src, s0 + 3 * LANES, bar) << np.uint64(3 * LANES)))
         while m:
             j = j0 + np.int64(trailing_zeros(m))
-            buf_val[n] = seg[j]
-            buf_pos[n] = offset + j
+            buf_val[row, n] = src[start + j]
+            buf_pos[row, n] = offset + j
             n += 1
             m &= m - np.uint64(1)
     for v in range(n_word * 4, n_vec):
-        m = at_least_mask(seg, v * LANES, bar)
+        m = at_least_mask(src, start + v * LANES, bar)
         while m:
             j = v * LANES + np.int64(trailing_zeros(m))
-            buf_val[n] = seg[j]
-            buf_pos[n] = offset + j
+            buf_val[row, n] = src[start + j]
+            buf_pos[row, n] = offset + j
             n += 1
             m &= m - np.uint64(1)
     for j in range(n_vec * LANES, size):
-        if seg[j] >= bar:
-            buf_val[n] = seg[j]
-            buf_pos[n] = offset + j
+        if src[start + j] >= bar:
+            buf_val[row, n] = src[start + j]
+            buf_pos[row, n] = offset + j
             n += 1
     return n
 
 
-@njit(cache=True)
-def _append_bits(m, first, src, pos, rb_val, rb_pos, rb_n):
-    """For each set bit l of m: append src[first + l] (position pos) to row first + l's entries."""
+@njit(cache=True, inline="always")
+def _append_bits(m, first, src, start, pos, rb_val, rb_pos, rb_n):
+    """For each set bit l of m: append src[start + first + l] (position pos) to row first + l's entries."""
     while m:
         rr = first + np.int64(trailing_zeros(m))
-        rb_val[rr, rb_n[rr]] = src[rr]
+        rb_val[rr, rb_n[rr]] = src[start + rr]
         rb_pos[rr, rb_n[rr]] = pos
         rb_n[rr] += 1
         m &= m - np.uint64(1)
 
 
 @njit(cache=True)
-def _lane_candidates(upper, offsets, starts, blk, n_act, need, metric, inv_scale, acc_rows, acc, lane_work,
-                     floors, bars, bars_k, rb_val, rb_pos, rb_n):
+def _lane_candidates(upper, offsets, starts, blk, n_act, need, metric, inv_scale, acc_rows, acc, floors,
+                     bars, bars_k, rb_val, rb_pos, rb_n):
     """For every row rr of block row blk: floors[rr], and in rb_val / rb_pos[rr, :rb_n[rr]] (ascending
     position) its entries at or above the floor's raw bound. The part of a row before the block lies in the
     earlier tiles' columns, contiguous across the block's rows, so its lane maxima and its compares run 16
     rows at a time, straight from the tiles, and nothing is transposed (lane of an entry: its position mod
-    LANES; the row's own tile part adds to the same lanes)."""
+    LANES; the row's own tile part adds to the same lanes). acc_rows [LANES * BLOCK_ROWS]: lane l's max over
+    the earlier columns, per row, from l * BLOCK_ROWS."""
     i0 = starts[blk]
     r = starts[blk + 1] - i0
-    tile = upper[offsets[blk]:offsets[blk + 1]].reshape((r, n_act - i0))
+    width = n_act - i0
+    t0 = offsets[blk]
     r_vec = (r // LANES) * LANES
-    acc_rows[:, :r] = -np.inf  # [LANES, BLOCK_ROWS]: lane l's max over the earlier columns, per row
+    for lane in range(LANES):
+        for rr in range(r):
+            acc_rows[lane * BLOCK_ROWS + rr] = -np.inf
     for prev in range(blk):
         p0 = starts[prev]
-        src = upper[offsets[prev]:offsets[prev + 1]].reshape((starts[prev + 1] - p0, n_act - p0))
-        for x in range(src.shape[0]):
-            srow = src[x, i0 - p0:i0 - p0 + r]
-            lane_acc = acc_rows[(p0 + x) % LANES]
+        for x in range(starts[prev + 1] - p0):
+            src0 = offsets[prev] + x * (n_act - p0) + i0 - p0
+            lane0 = ((p0 + x) % LANES) * BLOCK_ROWS
             for c in range(0, r_vec, LANES):
-                lane_max_into(lane_acc, c, srow, c)
+                lane_max_into(acc_rows, lane0 + c, upper, src0 + c)
             for rr in range(r_vec, r):
-                lane_acc[rr] = lane_acc[rr] if lane_acc[rr] > srow[rr] else srow[rr]
+                y = upper[src0 + rr]
+                acc_rows[lane0 + rr] = acc_rows[lane0 + rr] if acc_rows[lane0 + rr] > y else y
     for rr in range(r):
         for lane in range(LANES):
-            acc[lane] = acc_rows[lane, rr]
-        _lane_maxima(tile[rr], acc)
-        floors[rr] = _transform(np.float64(_kth_largest(acc, need, lane_work)), metric, inv_scale)
+            acc[lane] = acc_rows[lane * BLOCK_ROWS + rr]
+        _lane_maxima(upper, t0 + rr * width, width, acc)
+        floors[rr] = _transform(np.float64(kth_largest_lane(acc, need)), metric, inv_scale)
         bars[rr] = _raw_bound(floors[rr], metric, inv_scale)
         bars_k[rr] = bars[rr]  # rounded to the rows' dtype: no entry at or above bars[rr] falls below it
         rb_n[rr] = 0
     for prev in range(blk):
         p0 = starts[prev]
-        src = upper[offsets[prev]:offsets[prev + 1]].reshape((starts[prev + 1] - p0, n_act - p0))
-        for x in range(src.shape[0]):
-            srow = src[x, i0 - p0:i0 - p0 + r]
+        for x in range(starts[prev + 1] - p0):
+            src0 = offsets[prev] + x * (n_act - p0) + i0 - p0
             c = 0
             while c + 4 * LANES <= r_vec:
-                m = (at_least_each_mask(srow, c, bars_k, c)
-                     | (at_least_each_mask(srow, c + LANES, bars_k, c + LANES) << np.uint64(LANES))
-                     | (at_least_each_mask(srow, c + 2 * LANES, bars_k, c + 2 * LANES) << np.uint64(2 * LANES))
-                     | (at_least_each_mask(srow, c + 3 * LANES, bars_k, c + 3 * LANES) << np.uint64(3 * LANES)))
-                _append_bits(m, c, srow, p0 + x, rb_val, rb_pos, rb_n)
+                m = (at_least_each_mask(upper, src0 + c, bars_k, c)
+                     | (at_least_each_mask(upper, src0 + c + LANES, bars_k, c + LANES) << np.uint64(LANES))
+                     | (at_least_each_mask(upper, src0 + c + 2 * LANES, bars_k, c + 2 * LANES)
+                        << np.uint64(2 * LANES))
+                     | (at_least_each_mask(upper, src0 + c + 3 * LANES, bars_k, c + 3 * LANES)
+                        << np.uint64(3 * LANES)))
+                _append_bits(m, c, upper, src0, p0 + x, rb_val, rb_pos, rb_n)
                 c += 4 * LANES
             while c < r_vec:
-                _append_bits(at_least_each_mask(srow, c, bars_k, c), c, srow, p0 + x, rb_val, rb_pos, rb_n)
+                _append_bits(at_least_each_mask(upper, src0 + c, bars_k, c), c, upper, src0, p0 + x, rb_val, rb_pos,
+                             rb_n)
                 c += LANES
             for rr in range(r_vec, r):
-                if srow[rr] >= bars[rr]:
-                    rb_val[rr, rb_n[rr]] = srow[rr]
+                if upper[src0 + rr] >= bars[rr]:
+                    rb_val[rr, rb_n[rr]] = upper[src0 + rr]
                     rb_pos[rr, rb_n[rr]] = p0 + x
                     rb_n[rr] += 1
     for rr in range(r):
-        rb_n[rr] = _at_least(tile[rr], bars[rr], i0, rb_val[rr], rb_pos[rr], rb_n[rr])
+        rb_n[rr] = _at_least(upper, t0 + rr * width, width, bars[rr], i0, rb_val, rb_pos, rr, rb_n[rr])
 
 
 @njit(cache=True)
-def _rank_entries(buf_val, buf_pos, n_buf, floor, metric, inv_scale, act_tok, qtok, self_first, slots, vals, ids):
-    """Rank one row's entries (ascending position) into its queue vals / ids; return the count. In token
-    order, so a tie with the K-th never enters."""
+def _rank_entries(buf_val, buf_pos, row, n_buf, floor, metric, inv_scale, act_tok, qtok, self_first, slots,
+                  queue_vals, queue_ids, q):
+    """Rank row `row` of buf_val / buf_pos (n_buf entries, ascending position) into queue q of queue_vals /
+    queue_ids; return the count. In token order, so a tie with the K-th never enters."""
+    vals = queue_vals[q]
+    ids = queue_ids[q]
     c = 0
     for e in range(n_buf):
-        v = _transform(buf_val[e], metric, inv_scale)
+        v = _transform(buf_val[row, e], metric, inv_scale)
         if v < floor or (c == slots and not v > vals[slots - 1]):
             continue
-        tok = act_tok[buf_pos[e]]
+        tok = act_tok[buf_pos[row, e]]
         if self_first and tok == qtok:
             continue
         c = _insert(v, tok, c, slots, vals, ids)
     return c
+
+
+@njit(cache=True, inline="always")
+def _rank_few(buf_val, buf_pos, row, n_buf, floor, metric, inv_scale, act_tok, qtok, self_first, slots, queue_vals,
+              queue_ids, q, few_val, few_pos, few_rank):
+    """_rank_entries for a row with at most LANES entries at or above its floor (few_*: scratch of LANES): an
+    entry's place in the queue is the number of entries that rank above it, counted by rank_counts without a
+    branch, where an insertion queue mispredicts on most entries. Rows with more take _rank_entries."""
+    n = 0
+    for e in range(n_buf):
+        v = _transform(buf_val[row, e], metric, inv_scale)
+        pos = buf_pos[row, e]
+        if v < floor or (self_first and act_tok[pos] == qtok):
+            continue
+        if n == LANES:
+            return _rank_entries(buf_val, buf_pos, row, n_buf, floor, metric, inv_scale, act_tok, qtok, self_first,
+                                 slots, queue_vals, queue_ids, q)
+        few_val[n] = v
+        few_pos[n] = pos
+        n += 1
+    rank_counts(few_val, n, few_rank)  # entries in ascending position: a tie ranks the lower token first
+    for e in range(n):
+        if few_rank[e] < slots:
+            queue_vals[q, few_rank[e]] = few_val[e]
+            queue_ids[q, few_rank[e]] = act_tok[few_pos[e]]
+    return min(n, slots)
 
 
 @njit(cache=True)
@@ -319,7 +360,9 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         need = slots + 1 if self_first else slots  # block-maxima scan: entries at or above its floor, self among them
         by_lanes = slots <= LANES  # by lanes, the self entry is set aside first: slots entries to find
         acc = np.empty(LANES, dtype=kf.dtype)
-        lane_work = np.empty(slots + 1, dtype=kf.dtype)
+        few_val = np.empty(LANES, dtype=np.float64)
+        few_pos = np.empty(LANES, dtype=np.int64)
+        few_rank = np.empty(LANES, dtype=np.int64)
         bmax = np.empty((n_tok + SCAN_BLOCK - 1) // SCAN_BLOCK, dtype=np.float64)
         blist = np.empty(bmax.shape[0], dtype=np.int64)
         if slots > 0 and n_act > 0:
@@ -332,7 +375,7 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
             # by lanes, per row of a block: lane maxima, floor, bound, and the entries that may enter;
             # otherwise left: each row's part before the block, transposed from the earlier tiles
             lane_rows = BLOCK_ROWS if by_lanes else 0
-            acc_rows = np.empty((LANES, lane_rows), dtype=kf.dtype)
+            acc_rows = np.empty(LANES * lane_rows, dtype=kf.dtype)
             floors = np.empty(lane_rows, dtype=np.float64)
             bars = np.empty(lane_rows, dtype=np.float64)
             bars_k = np.empty(lane_rows + LANES, dtype=kf.dtype)
@@ -342,6 +385,8 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
             left = np.empty(0 if by_lanes else BLOCK_ROWS * (n_act + ROW_PAD), dtype=kf.dtype)
             buf_val = np.empty(n_act + SCAN_BLOCK, dtype=kf.dtype)  # one row's entries that may enter
             buf_pos = np.empty(n_act + SCAN_BLOCK, dtype=np.int64)
+            buf_rows_val = buf_val.reshape((1, buf_val.shape[0]))
+            buf_rows_pos = buf_pos.reshape((1, buf_pos.shape[0]))
             for blk in range(n_blk):
                 i0 = starts[blk]
                 i1 = starts[blk + 1]
@@ -354,11 +399,11 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                         if self_first:  # slot 0: the self entry takes no lane and no ranking (later rows never
                             tile[rr, rr] = -np.inf  # read a block's own columns)
                     _lane_candidates(upper, offsets, starts, blk, n_act, slots, metric, inv_scale, acc_rows, acc,
-                                     lane_work, floors, bars, bars_k, rb_val, rb_pos, rb_n)
+                                     floors, bars, bars_k, rb_val, rb_pos, rb_n)
                     for rr in range(r):
                         i = i0 + rr
-                        count[i] = _rank_entries(rb_val[rr], rb_pos[rr], rb_n[rr], floors[rr], metric, inv_scale,
-                                                 act_tok, act_tok[i], self_first, slots, vals[i], ids[i])
+                        count[i] = _rank_few(rb_val, rb_pos, rr, rb_n[rr], floors[rr], metric, inv_scale, act_tok,
+                                             act_tok[i], self_first, slots, vals, ids, i, few_val, few_pos, few_rank)
                     continue
                 ld = i0 + ROW_PAD  # row rr of left holds its candidates before i0: earlier tiles' columns
                 for prev in range(blk):
@@ -380,8 +425,8 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                     bar = _raw_bound(floor, metric, inv_scale)
                     n_buf = _collect(lft, bmax[:nl], floor, bar, 0, buf_val, buf_pos, 0, blist)
                     n_buf = _collect(tile[rr], bmax[nl:nl + nr], floor, bar, i0, buf_val, buf_pos, n_buf, blist)
-                    count[i] = _rank_entries(buf_val, buf_pos, n_buf, floor, metric, inv_scale, act_tok, act_tok[i],
-                                             self_first, slots, vals[i], ids[i])
+                    count[i] = _rank_entries(buf_rows_val, buf_rows_pos, 0, n_buf, floor, metric, inv_scale, act_tok,
+                                             act_tok[i], self_first, slots, vals, ids, i)
             if n_other > 0:  # nonzero tokens that are only candidates
                 orows = np.empty((n_other, fh), dtype=kf.dtype)
                 for o in range(n_other):
