@@ -284,9 +284,9 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
         b = bh // heads
         h = bh % heads
         for j in range(n_cand):
-            t = cand[b, j]
+            feats = kf[b, cand[b, j], h * fh:(h + 1) * fh]  # a slice, so whole-vector copies (not gathers)
             for f in range(fh):
-                kc[b, h, j, f] = kf[b, t, h * fh + f]
+                kc[b, h, j, f] = feats[f]
             acc = sum_squares(kc[b, h, j])
             ksq[b, h, j] = acc
             if metric == 0:
@@ -306,8 +306,9 @@ def select_topk(q, q_rows, kf, cand, queries, heads, metric, slots, self_first, 
         qb = np.empty((rows, fh), dtype=dtype)
         qsq = np.empty(rows, dtype=np.float64)
         for r in range(rows):
+            feats = q[b, q_rows[i0 + r], h * fh:(h + 1) * fh]
             for f in range(fh):
-                qb[r, f] = q[b, q_rows[i0 + r], h * fh + f]
+                qb[r, f] = feats[f]
             acc = sum_squares(qb[r])
             qsq[r] = acc
             if metric == 0:

@@ -349,8 +349,9 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
         rows = np.empty((n_act, fh), dtype=kf.dtype)
         for a in range(n_act):
             t = act_tok[a]
-            for f in range(fh):
-                rows[a, f] = kf[b, t, h * fh + f] * scale[t]
+            feats = kf[b, t, h * fh:(h + 1) * fh]  # a slice: its indices are known to be in range, so the
+            for f in range(fh):  # copy is whole vectors rather than gathers
+                rows[a, f] = feats[f] * scale[t]
         vals = np.empty((n_act, max(slots, 1)), dtype=np.float64)
         ids = np.empty((n_act, max(slots, 1)), dtype=np.int64)
         count = np.zeros(n_act, dtype=np.int64)
@@ -431,8 +432,9 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                 orows = np.empty((n_other, fh), dtype=kf.dtype)
                 for o in range(n_other):
                     t = other_tok[o]
+                    feats = kf[b, t, h * fh:(h + 1) * fh]
                     for f in range(fh):
-                        orows[o, f] = kf[b, t, h * fh + f] * scale[t]
+                        orows[o, f] = feats[f] * scale[t]
                 step = max(1, BLOCK_ELEMENTS // n_other)
                 for i0 in range(0, n_act, step):
                     i1 = min(i0 + step, n_act)
