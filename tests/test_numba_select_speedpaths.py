@@ -162,6 +162,26 @@ def test_zero_rows_padding_and_zero_queries(kernel, metric, self_first, k, monke
     assert len(calls) == (1 if kernel == "symmetric" else 0)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mirrored_pairs_find_each_other_across_block_rows(kernel, metric, dtype, monkeypatch):
+    """Token i and token n-1-i nearly coincide, so every row's best cosine neighbour sits at the other end of the
+    matrix: the first row's in the last column of the first tile, the last row's in the first tile, and
+    the middle rows' near the diagonal (300 rows: three block rows, the last one short)."""
+    calls = _spy_symmetric(monkeypatch)
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 300, 16))
+    x[:, 150:] = x[:, 149::-1] + 0.05 * rng.standard_normal((2, 150, 16))
+    x = x.astype(dtype)
+    every = np.arange(300)
+    for k in (2, 9):
+        got = _select(x, every, every, 1, metric, k, True)
+        np.testing.assert_array_equal(got, _expected(x, every, every, 1, metric, k, True))
+        if metric == "cosine":  # (a dot product also rewards long rows)
+            np.testing.assert_array_equal(got[:, 0, :, 1], np.broadcast_to(every[::-1], (2, 300)))
+    assert len(calls) == (2 if kernel == "symmetric" else 0)
+
+
 def test_symmetric_kernel_equals_row_blocks_on_float32_maps(monkeypatch):
     """The VGG case (float32, padded 20x20 map, K=9, several block rows): both kernels give the same indices."""
     rng = np.random.default_rng(12)

@@ -1,17 +1,18 @@
 """Numba selection when the queries are themselves candidates (sampling all, keys = queries): half the GEMM.
 
 Cosine and dot affinities are symmetric, so each image computes only the upper block rows of the Gram
-matrix of its query rows: block row I is [R, n - i0], kept for later rows. A row of block I finds its
-candidates before i0 in the kept tiles' columns and the rest in its own tile.
+matrix of its query rows: block row I covers rows i0..i1 and columns i0..n, kept for later rows. A row
+of block I finds its candidates before i0 in the kept tiles and the rest in its own tile.
 
 Where the slots to fill fit one vector (simd.LANES; with self_first the self entry is set aside first),
 a row's floor on the last slot is the slots-th largest of 16 lane maxima (entries by position mod 16),
-and its entries at or above the floor are found by one vector compare per 16 entries. The earlier
-tiles' columns are contiguous across the block's rows, so that part runs 16 rows at a time straight
-from the tiles, with no transposition. Larger K scans as
-select_kernels does: the earlier part transposed into a row buffer, block maxima, a run-max floor, and
-the passing blocks. Measured at VGG 32x32 C64 B=32 on 2 threads: about 22.5 ms, against 36 ms for the
-block-maxima scan and 49 ms for select_kernels.
+and its entries at or above the floor are found by one vector compare per 16 entries. These tiles are
+stored transposed, [n - i0, R]: BLAS computes that orientation at about 190 GFLOP/s against 150 (one
+thread), and every part of a row is either contiguous or contiguous across the block's rows (see
+_lane_candidates). Larger K keeps row-major tiles and scans as select_kernels does: the earlier part
+transposed into a row buffer, block maxima, a run-max floor, and the passing blocks. Measured at VGG
+32x32 C64 B=32 on 2 threads: about 20.8 ms, against 36 ms for the block-maxima scan and 49 ms for
+select_kernels.
 
 Rows whose features are all zero have affinity exactly 0 with everything, so they take no GEMM: they
 are offered last, lowest token first, and a zero query's neighbours are simply the lowest tokens. The
@@ -35,7 +36,8 @@ from convnn.affinity import EPS_NORM
 from .select_kernels import BLOCK_ELEMENTS, SCAN_BLOCK, _block_maxima, _floor, _insert, sum_squares
 from .simd import LANES, at_least_each_mask, at_least_mask, kth_largest_lane, lane_max_into, rank_counts
 
-BLOCK_ROWS = 128  # query rows per block row (96-192 measured the same)
+BLOCK_ROWS = 128  # query rows per block row (64-192 measured the same or slower); whole words of 4 vectors
+assert BLOCK_ROWS % (4 * LANES) == 0
 ROW_PAD = 16  # the transposed rows' stride is kept off multiples of 512 bytes: 46 -> 39 ms at VGG 32x32 (cache sets)
 
 
@@ -170,62 +172,51 @@ def _append_bits(m, first, src, start, pos, rb_val, rb_pos, rb_n):
 def _lane_candidates(upper, offsets, starts, blk, n_act, need, metric, inv_scale, acc_rows, acc, floors,
                      bars, bars_k, rb_val, rb_pos, rb_n):
     """For every row rr of block row blk: floors[rr], and in rb_val / rb_pos[rr, :rb_n[rr]] (ascending
-    position) its entries at or above the floor's raw bound. The part of a row before the block lies in the
-    earlier tiles' columns, contiguous across the block's rows, so its lane maxima and its compares run 16
-    rows at a time, straight from the tiles, and nothing is transposed (lane of an entry: its position mod
-    LANES; the row's own tile part adds to the same lanes). acc_rows [LANES * BLOCK_ROWS]: lane l's max over
-    the earlier columns, per row, from l * BLOCK_ROWS."""
+    position) its entries at or above the floor's raw bound. Tiles are stored transposed: block row I's tile
+    is [n - i0, R], entry (a, c) the raw affinity of rows i0 + a and i0 + c. So a row's part before i0 is
+    one contiguous segment of each earlier tile, its part in the block is a row of the tile's top square,
+    and its part from i1 on lies in the tile's later rows, contiguous across the block's rows: their lane
+    maxima and compares run 16 rows at a time (lane of an entry: its position mod LANES). acc_rows
+    [LANES * BLOCK_ROWS]: lane l's max over those later rows, per block row, from l * BLOCK_ROWS. Only the
+    last block row can be shorter than BLOCK_ROWS, and it has no later rows, so those run in whole words
+    of four vectors."""
     i0 = starts[blk]
     r = starts[blk + 1] - i0
     width = n_act - i0
     t0 = offsets[blk]
-    r_vec = (r // LANES) * LANES
     for lane in range(LANES):
         for rr in range(r):
             acc_rows[lane * BLOCK_ROWS + rr] = -np.inf
-    for prev in range(blk):
-        p0 = starts[prev]
-        for x in range(starts[prev + 1] - p0):
-            src0 = offsets[prev] + x * (n_act - p0) + i0 - p0
-            lane0 = ((p0 + x) % LANES) * BLOCK_ROWS
-            for c in range(0, r_vec, LANES):
-                lane_max_into(acc_rows, lane0 + c, upper, src0 + c)
-            for rr in range(r_vec, r):
-                y = upper[src0 + rr]
-                acc_rows[lane0 + rr] = acc_rows[lane0 + rr] if acc_rows[lane0 + rr] > y else y
+    for a in range(r, width):  # the later rows' entries: lane (i0 + a) mod LANES of every block row
+        src0 = t0 + a * BLOCK_ROWS
+        lane0 = (a % LANES) * BLOCK_ROWS
+        for c in range(0, BLOCK_ROWS, LANES):
+            lane_max_into(acc_rows, lane0 + c, upper, src0 + c)
     for rr in range(r):
         for lane in range(LANES):
             acc[lane] = acc_rows[lane * BLOCK_ROWS + rr]
-        _lane_maxima(upper, t0 + rr * width, width, acc)
+        for prev in range(blk):
+            p0 = starts[prev]
+            pr = starts[prev + 1] - p0
+            _lane_maxima(upper, offsets[prev] + (i0 + rr - p0) * pr, pr, acc)
+        _lane_maxima(upper, t0 + rr * r, r, acc)
         floors[rr] = _transform(np.float64(kth_largest_lane(acc, need)), metric, inv_scale)
         bars[rr] = _raw_bound(floors[rr], metric, inv_scale)
         bars_k[rr] = bars[rr]  # rounded to the rows' dtype: no entry at or above bars[rr] falls below it
-        rb_n[rr] = 0
-    for prev in range(blk):
-        p0 = starts[prev]
-        for x in range(starts[prev + 1] - p0):
-            src0 = offsets[prev] + x * (n_act - p0) + i0 - p0
-            c = 0
-            while c + 4 * LANES <= r_vec:
-                m = (at_least_each_mask(upper, src0 + c, bars_k, c)
-                     | (at_least_each_mask(upper, src0 + c + LANES, bars_k, c + LANES) << np.uint64(LANES))
-                     | (at_least_each_mask(upper, src0 + c + 2 * LANES, bars_k, c + 2 * LANES)
-                        << np.uint64(2 * LANES))
-                     | (at_least_each_mask(upper, src0 + c + 3 * LANES, bars_k, c + 3 * LANES)
-                        << np.uint64(3 * LANES)))
-                _append_bits(m, c, upper, src0, p0 + x, rb_val, rb_pos, rb_n)
-                c += 4 * LANES
-            while c < r_vec:
-                _append_bits(at_least_each_mask(upper, src0 + c, bars_k, c), c, upper, src0, p0 + x, rb_val, rb_pos,
-                             rb_n)
-                c += LANES
-            for rr in range(r_vec, r):
-                if upper[src0 + rr] >= bars[rr]:
-                    rb_val[rr, rb_n[rr]] = upper[src0 + rr]
-                    rb_pos[rr, rb_n[rr]] = p0 + x
-                    rb_n[rr] += 1
-    for rr in range(r):
-        rb_n[rr] = _at_least(upper, t0 + rr * width, width, bars[rr], i0, rb_val, rb_pos, rr, rb_n[rr])
+        n = 0
+        for prev in range(blk):
+            p0 = starts[prev]
+            pr = starts[prev + 1] - p0
+            n = _at_least(upper, offsets[prev] + (i0 + rr - p0) * pr, pr, bars[rr], p0, rb_val, rb_pos, rr, n)
+        rb_n[rr] = _at_least(upper, t0 + rr * r, r, bars[rr], i0, rb_val, rb_pos, rr, n)
+    for a in range(r, width):
+        src0 = t0 + a * BLOCK_ROWS
+        for c in range(0, BLOCK_ROWS, 4 * LANES):
+            m = (at_least_each_mask(upper, src0 + c, bars_k, c)
+                 | (at_least_each_mask(upper, src0 + c + LANES, bars_k, c + LANES) << np.uint64(LANES))
+                 | (at_least_each_mask(upper, src0 + c + 2 * LANES, bars_k, c + 2 * LANES) << np.uint64(2 * LANES))
+                 | (at_least_each_mask(upper, src0 + c + 3 * LANES, bars_k, c + 3 * LANES) << np.uint64(3 * LANES)))
+            _append_bits(m, c, upper, src0, i0 + a, rb_val, rb_pos, rb_n)
 
 
 @njit(cache=True)
@@ -388,24 +379,27 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
             buf_pos = np.empty(n_act + SCAN_BLOCK, dtype=np.int64)
             buf_rows_val = buf_val.reshape((1, buf_val.shape[0]))
             buf_rows_pos = buf_pos.reshape((1, buf_pos.shape[0]))
-            for blk in range(n_blk):
+            for blk in range(n_blk if by_lanes else 0):
+                i0 = starts[blk]
+                r = starts[blk + 1] - i0
+                tile_t = upper[offsets[blk]:offsets[blk + 1]].reshape((n_act - i0, r))
+                np.dot(rows[i0:], rows[i0:i0 + r].T, tile_t)  # this orientation: 190 GFLOP/s, the other 150
+                for rr in range(r):
+                    self_aff[i0 + rr] = _transform(tile_t[rr, rr], metric, inv_scale)
+                    if self_first:  # slot 0: the self entry takes no lane and no ranking (later rows never
+                        tile_t[rr, rr] = -np.inf  # read a block's own square)
+                _lane_candidates(upper, offsets, starts, blk, n_act, slots, metric, inv_scale, acc_rows, acc, floors,
+                                 bars, bars_k, rb_val, rb_pos, rb_n)
+                for rr in range(r):
+                    i = i0 + rr
+                    count[i] = _rank_few(rb_val, rb_pos, rr, rb_n[rr], floors[rr], metric, inv_scale, act_tok,
+                                         act_tok[i], self_first, slots, vals, ids, i, few_val, few_pos, few_rank)
+            for blk in range(0 if by_lanes else n_blk):
                 i0 = starts[blk]
                 i1 = starts[blk + 1]
                 r = i1 - i0
                 tile = upper[offsets[blk]:offsets[blk + 1]].reshape((r, n_act - i0))
                 np.dot(rows[i0:i1], rows[i0:].T, tile)
-                if by_lanes:
-                    for rr in range(r):
-                        self_aff[i0 + rr] = _transform(tile[rr, rr], metric, inv_scale)
-                        if self_first:  # slot 0: the self entry takes no lane and no ranking (later rows never
-                            tile[rr, rr] = -np.inf  # read a block's own columns)
-                    _lane_candidates(upper, offsets, starts, blk, n_act, slots, metric, inv_scale, acc_rows, acc,
-                                     floors, bars, bars_k, rb_val, rb_pos, rb_n)
-                    for rr in range(r):
-                        i = i0 + rr
-                        count[i] = _rank_few(rb_val, rb_pos, rr, rb_n[rr], floors[rr], metric, inv_scale, act_tok,
-                                             act_tok[i], self_first, slots, vals, ids, i, few_val, few_pos, few_rank)
-                    continue
                 ld = i0 + ROW_PAD  # row rr of left holds its candidates before i0: earlier tiles' columns
                 for prev in range(blk):
                     p0 = starts[prev]
