@@ -379,7 +379,7 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
             buf_pos = np.empty(n_act + SCAN_BLOCK, dtype=np.int64)
             buf_rows_val = buf_val.reshape((1, buf_val.shape[0]))
             buf_rows_pos = buf_pos.reshape((1, buf_pos.shape[0]))
-            for blk in range(n_blk if by_lanes else 0):
+            for blk in range(n_blk if by_lanes else 0):  # K fits one vector: transposed tiles, the lane scan
                 i0 = starts[blk]
                 r = starts[blk + 1] - i0
                 tile_t = upper[offsets[blk]:offsets[blk + 1]].reshape((n_act - i0, r))
@@ -394,7 +394,7 @@ def select_self(kf, queries, heads, metric, slots, self_first, out_idx, want_aff
                     i = i0 + rr
                     count[i] = _rank_few(rb_val, rb_pos, rr, rb_n[rr], floors[rr], metric, inv_scale, act_tok,
                                          act_tok[i], self_first, slots, vals, ids, i, few_val, few_pos, few_rank)
-            for blk in range(0 if by_lanes else n_blk):
+            for blk in range(0 if by_lanes else n_blk):  # larger K: row-major tiles, the block-maxima scan
                 i0 = starts[blk]
                 i1 = starts[blk + 1]
                 r = i1 - i0
